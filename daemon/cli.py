@@ -1,0 +1,51 @@
+"""``nfnet-daemon``: the command line. The only place that prints errors and picks exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from daemon.config import ConfigError, load_config
+from daemon.http import HttpEndpointError
+from daemon.logs import configure_logging
+from daemon.service import Daemon
+from pipelines.engines import EngineError
+from pipelines.model_info import ModelMetadataError
+from pipelines.publishers import PublisherError
+from pipelines.sources import SourceError
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="nfnet-daemon",
+        description="Classify every frame of video sources with an NFNet and publish labels over ZeroMQ.",
+        epilog="Exit codes: 0 done, 1 failed while running, 2 bad configuration, 3 could not start.",
+    )
+    parser.add_argument("--config", required=True, help="TOML configuration file")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="override logging.level from the configuration")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(args.log_level or config.logging.level)
+    try:
+        return Daemon(config).run()
+    except (ModelMetadataError, EngineError, SourceError, PublisherError, HttpEndpointError) as exc:
+        print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The daemon's lifecycle: startup → main loop → shutdown.
+
+Signal handlers only record the signal; the main loop acts on it. The first SIGINT/SIGTERM stops the
+sources and lets every frame already read be classified and published (the drain); a second one, or a
+drain longer than ``pipeline.drain_timeout_s``, aborts.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+from daemon.config import DaemonConfig
+from daemon.http import MetricsServer
+from pipelines.engines import Engine, create_engine
+from pipelines.model_info import ModelInfo, model_id, read_model_info
+from pipelines.publishers import Publisher, create_publishers
+from pipelines.publishers.zmq import ZmqPublisher
+from pipelines.runtime import Pipeline, PipelineMetrics
+from pipelines.sources import Source, create_source
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_RUNTIME_FAILURE = 1
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TICK_S = 0.1
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.metrics = PipelineMetrics()
+        self.info: ModelInfo | None = None
+        self.engine: Engine | None = None
+        self.sources: list[Source] = []
+        self.publishers: list[Publisher] = []
+        self.http: MetricsServer | None = None
+        self.pipeline: Pipeline | None = None
+        self.ready = threading.Event()
+        self._signals: list[int] = []
+        self._wakeup = threading.Event()
+        self._old_handlers: dict[int, object] = {}
+
+    def run(self) -> int:
+        """Start, run until the sources end or a signal arrives, shut down; return the exit code."""
+        self._install_signal_handlers()
+        try:
+            self.startup()
+            return self.main_loop()
+        finally:
+            self.shutdown()
+            self._restore_signal_handlers()
+
+    def startup(self) -> None:
+        cfg = self.config
+        self.info = read_model_info(cfg.model.path)
+        identity = model_id(cfg.model.path, self.info)
+        log.info("model %s (%s, input %s, %d classes, weights %s)", identity, cfg.model.path,
+                 "x".join(map(str, self.info.input_size)), self.info.num_classes, self.info.weights.describe())
+
+        started = time.perf_counter()
+        self.engine = create_engine(cfg.engine, cfg.model.path, self.info)
+        self.engine.warmup(cfg.engine.warmup_runs)
+        facts = self.engine.describe()
+        log.info("engine %s ready in %.2fs (%s)", self.engine.name, time.perf_counter() - started,
+                 ", ".join(f"{k}={v}" for k, v in facts.items()))
+        self.metrics.model.info({"model_id": identity, "model_path": str(cfg.model.path),
+                                 "weights": self.info.weights.describe(), **facts})
+
+        for source_config in cfg.sources:
+            source = create_source(source_config)
+            self.sources.append(source)
+            source.open()
+            log.info("stream %s: opened %s source", source.stream_id, source_config.type)
+
+        self.publishers = create_publishers(cfg.publish)
+        for publisher in self.publishers:
+            if isinstance(publisher, ZmqPublisher):
+                log.info("publishing labels on %s", publisher.endpoint)
+        if cfg.metrics.enabled:
+            self.http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry)
+
+        self.pipeline = Pipeline(self.sources, self.engine, self.info, self.publishers, identity,
+                                 cfg.pipeline, self.metrics)
+        self._wait_for_subscribers()
+        self.pipeline.start()
+        self.ready.set()
+        log.info("ready: %d stream(s)", len(self.sources))
+
+    def main_loop(self) -> int:
+        assert self.pipeline is not None
+        pipeline, cfg = self.pipeline, self.config.pipeline
+        drain_deadline: float | None = None
+        while True:
+            while self._signals:
+                signum = self._signals.pop(0)
+                if drain_deadline is None:
+                    log.info("%s: stopping sources, publishing frames in flight", signal.Signals(signum).name)
+                    pipeline.stop()
+                    drain_deadline = time.monotonic() + cfg.drain_timeout_s
+                else:
+                    log.warning("%s again: aborting the drain", signal.Signals(signum).name)
+                    pipeline.abort()
+            failures = pipeline.failures()
+            if failures:
+                for failure in failures:
+                    log.error("stage %s failed: %s", failure.stage, failure.error)
+                pipeline.abort()
+                return EXIT_RUNTIME_FAILURE
+            if pipeline.finished:
+                if pipeline.aborted:
+                    return EXIT_RUNTIME_FAILURE
+                if drain_deadline is not None or cfg.exit_when_sources_end:
+                    log.info("all streams done: %s", self._published_summary())
+                    return EXIT_OK
+            if drain_deadline is not None and time.monotonic() > drain_deadline:
+                log.error("drain took longer than %.1fs; aborting with frames unpublished (%s)",
+                          cfg.drain_timeout_s, self._published_summary())
+                pipeline.abort()
+                return EXIT_RUNTIME_FAILURE
+            self._wakeup.wait(TICK_S)
+            self._wakeup.clear()
+
+    def shutdown(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            still_running = self.pipeline.join(timeout_s=5.0)
+            if still_running:
+                self.pipeline.abort()
+                still_running = self.pipeline.join(timeout_s=5.0)
+            if still_running:
+                log.error("stages did not stop: %s", ", ".join(still_running))
+        for source in self.sources:
+            source.close()
+        for publisher in self.publishers:
+            publisher.close()
+        if self.engine is not None:
+            self.engine.close()
+        if self.http is not None:
+            self.http.close()
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """What a signal does: record it and wake the main loop (safe from any thread)."""
+        self._signals.append(signum)
+        self._wakeup.set()
+
+    def _wait_for_subscribers(self) -> None:
+        wanted = self.config.publish.zmq.wait_for_subscribers
+        zmq_publishers = [p for p in self.publishers if isinstance(p, ZmqPublisher)]
+        if not wanted or not zmq_publishers:
+            return
+        log.info("waiting up to %.0fs for %d subscriber(s)", self.config.publish.zmq.wait_timeout_s, wanted)
+        got = zmq_publishers[0].wait_for_subscribers(wanted, self.config.publish.zmq.wait_timeout_s)
+        if got < wanted:
+            log.warning("only %d of %d subscriber(s) arrived; starting anyway", got, wanted)
+
+    def _published_summary(self) -> str:
+        assert self.pipeline is not None
+        return ", ".join(f"{stream}={count} published" for stream, count in self.pipeline.output.published.items())
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded in a test thread: the embedder calls request_stop()
+        for signum in HANDLED_SIGNALS:
+            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop(signum)

@@ -1,0 +1,51 @@
+"""What flows between stages: frames, batches, results, and the end-of-stream marker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.preprocess.buffers import InputBuffer
+
+
+@dataclass(slots=True)
+class FrameTimes:
+    """Monotonic timestamps (``time.perf_counter()`` seconds) of a frame's way through the stages."""
+
+    read_start: float
+    read_end: float
+    preprocess_start: float = 0.0
+    preprocess_end: float = 0.0
+    inference_start: float = 0.0
+    inference_end: float = 0.0
+    postprocess_start: float = 0.0
+
+
+@dataclass(slots=True)
+class Frame:
+    """A decoded frame from one source. ``image`` is dropped once it has been preprocessed."""
+
+    stream_id: str
+    index: int  # position in the source, counting from 0
+    pts: float  # source timestamp, seconds
+    capture_ns: int  # wall clock at capture, unix nanoseconds
+    times: FrameTimes
+    image: np.ndarray | None
+
+
+@dataclass(slots=True)
+class Batch:
+    """Preprocessed frames occupying the first ``len(frames)`` rows of a pooled input buffer."""
+
+    frames: list[Frame]
+    buffer: InputBuffer
+    scores: np.ndarray | None = None  # (len(frames), classes) logits, set by the inference stage
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """Sent by a capture stage after its source's last frame; forwarded by every stage after it."""
+
+    stream_id: str
+    frames: int = field(default=0)  # how many frames the source delivered

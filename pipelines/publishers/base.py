@@ -1,0 +1,19 @@
+"""The publisher interface: a sink for encoded label messages."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+
+class PublisherError(RuntimeError):
+    """A publisher cannot be set up (for example, its endpoint cannot be bound)."""
+
+
+class Publisher(ABC):
+    @abstractmethod
+    def publish(self, topic: str, payload: bytes, message: dict[str, Any]) -> None:
+        """Send one message; ``payload`` is ``message`` encoded as JSON."""
+
+    def close(self) -> None:  # noqa: B027 - publishers without resources need nothing
+        """Flush and release."""

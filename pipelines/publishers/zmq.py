@@ -1,0 +1,67 @@
+"""ZeroMQ publisher: multipart ``[topic, payload]`` on an XPUB socket.
+
+XPUB behaves as PUB for subscribers and lets the daemon see subscriptions arrive, which is how it can
+hold its sources until the configured number of subscribers is listening (no label lost to ZeroMQ's
+slow-joiner effect).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from pipelines.publishers.base import Publisher, PublisherError
+from pipelines.publishers.config import ZmqPublisherConfig
+
+log = logging.getLogger(__name__)
+
+
+class ZmqPublisher(Publisher):
+    def __init__(self, config: ZmqPublisherConfig, context: zmq.Context | None = None) -> None:
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.XPUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, config.send_hwm)
+        try:
+            self._socket.bind(config.endpoint)
+        except zmq.ZMQError as exc:
+            self._socket.close()
+            raise PublisherError(f"cannot bind ZeroMQ endpoint {config.endpoint}: {exc}") from exc
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._subscriptions: set[bytes] = set()
+        self._config = config
+
+    def wait_for_subscribers(self, count: int, timeout_s: float) -> int:
+        """Block until ``count`` distinct subscriptions arrived or ``timeout_s`` passed; return how many."""
+        deadline = time.monotonic() + timeout_s
+        while len(self._subscriptions) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if self._socket.poll(int(min(remaining, 0.5) * 1000), zmq.POLLIN):
+                self._read_subscriptions()
+        return len(self._subscriptions)
+
+    def publish(self, topic: str, payload: bytes, message: dict[str, Any]) -> None:
+        if self._socket.poll(0, zmq.POLLIN):
+            self._read_subscriptions()
+        self._socket.send_multipart((topic.encode(), payload), copy=False)
+
+    def _read_subscriptions(self) -> None:
+        # XPUB delivers (un)subscriptions as messages: b"\x01topic" / b"\x00topic". Read them all so
+        # they never pile up; track the distinct ones for wait_for_subscribers.
+        while True:
+            try:
+                event = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[:1] == b"\x01":
+                self._subscriptions.add(event)
+            elif event[:1] == b"\x00":
+                self._subscriptions.discard(b"\x01" + event[1:])
+
+    def close(self) -> None:
+        self._socket.close(linger=0)

@@ -1,0 +1,45 @@
+"""Pipeline metrics in a private Prometheus registry (nothing global is touched on import)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+PREFIX = "nfnet_stream"
+
+# From sub-millisecond CPU stages up to multi-second stalls.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STAGES = ("capture", "preprocess", "inference", "postprocess")
+
+
+class PipelineMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.frames = Counter(
+            f"{PREFIX}_frames", "Frames that passed each stage, per stream.", ["stream", "stage"], registry=r)
+        self.stage_latency = Histogram(
+            f"{PREFIX}_stage_latency_seconds", "Time a frame spent in each stage (queue waits excluded).",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.end_to_end_latency = Histogram(
+            f"{PREFIX}_end_to_end_latency_seconds", "From the start of a frame's read to its publication.",
+            ["stream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            f"{PREFIX}_inference_batch_frames", "Real frames per inference batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.queue_depth = Gauge(
+            f"{PREFIX}_queue_depth", "Items waiting in each inter-stage queue.", ["queue"], registry=r)
+        self.buffers_in_use = Gauge(
+            f"{PREFIX}_input_buffers_in_use", "Batch input buffers being filled or run.", registry=r)
+        self.streams_ended = Counter(
+            f"{PREFIX}_streams_ended", "Sources that reached their end.", ["stream"], registry=r)
+        self.model = Info(f"{PREFIX}_model", "The model and engine in use.", registry=r)
+
+    def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
+        """Report ``depth()`` as the queue's depth at scrape time."""
+        self.queue_depth.labels(queue=name).set_function(depth)
+
+    def counter_for(self, stream: str, stage: str) -> Counter:
+        """The frame counter child of one stream and stage (look it up once, increment often)."""
+        return self.frames.labels(stream=stream, stage=stage)

@@ -1,0 +1,90 @@
+"""Wires sources → preprocess → engine → output with bounded queues, and owns the stage threads."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from pipelines.engines.base import Engine
+from pipelines.model_info import ModelInfo
+from pipelines.preprocess.buffers import BufferPool
+from pipelines.preprocess.transform import Preprocessor
+from pipelines.publishers.base import Publisher
+from pipelines.runtime.capture import CaptureStage
+from pipelines.runtime.config import PipelineConfig
+from pipelines.runtime.inference import InferenceStage
+from pipelines.runtime.metrics import PipelineMetrics
+from pipelines.runtime.output import OutputStage
+from pipelines.runtime.preprocess import PreprocessStage
+from pipelines.runtime.stage import Stage
+from pipelines.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageFailure:
+    stage: str
+    error: BaseException
+
+
+class Pipeline:
+    """The running pipeline. ``stop()`` drains gracefully; ``abort()`` ends every stage at once."""
+
+    def __init__(self, sources: list[Source], engine: Engine, info: ModelInfo, publishers: list[Publisher],
+                 model_id: str, config: PipelineConfig, metrics: PipelineMetrics) -> None:
+        streams = [source.stream_id for source in sources]
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        # Batches in flight are bounded by the buffer pool; these queues only need room for them.
+        captured: queue.Queue = queue.Queue(maxsize=config.capture_queue)
+        batches: queue.Queue = queue.Queue(maxsize=config.input_buffers)
+        results: queue.Queue = queue.Queue(maxsize=config.input_buffers)
+        self.pool = BufferPool(config.input_buffers, engine.batch_size, info.input_size)
+        self.inference = InferenceStage(batches, results, engine, self.pool, streams, self._abort, metrics)
+        self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id, streams,
+                                  self._abort, metrics)
+        self.stages: list[Stage] = [
+            *(CaptureStage(source, captured, self._stop, self._abort, metrics) for source in sources),
+            PreprocessStage(captured, batches, Preprocessor(info), self.pool, streams,
+                            config.batch_timeout_ms / 1000.0, self._abort, metrics),
+            self.inference,
+            self.output,
+        ]
+        metrics.watch_queue("capture", captured.qsize)
+        metrics.watch_queue("batches", batches.qsize)
+        metrics.watch_queue("results", results.qsize)
+        metrics.buffers_in_use.set_function(lambda: self.pool.in_use)
+
+    def start(self) -> None:
+        for stage in self.stages:
+            stage.start()
+
+    def stop(self) -> None:
+        """Stop reading sources; frames already read are still classified and published."""
+        self._stop.set()
+
+    def abort(self) -> None:
+        self._abort.set()
+
+    @property
+    def finished(self) -> bool:
+        """Every stage has returned (all streams ended and drained, or aborted)."""
+        return not any(stage.is_alive() for stage in self.stages)
+
+    @property
+    def aborted(self) -> bool:
+        return self._abort.is_set()
+
+    def failures(self) -> list[StageFailure]:
+        return [StageFailure(stage.name, stage.error) for stage in self.stages if stage.error is not None]
+
+    def join(self, timeout_s: float) -> list[str]:
+        """Join the stages in pipeline order within ``timeout_s``; return the names still running."""
+        deadline = time.monotonic() + timeout_s
+        for stage in self.stages:
+            stage.join(max(0.0, deadline - time.monotonic()))
+        return [stage.name for stage in self.stages if stage.is_alive()]

@@ -1,0 +1,122 @@
+"""Shared fixtures: models, video files, free ports, and a daemon run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.onnx_models import colour_model
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "tests" / "assets"
+SHAPES_MODEL = ASSETS / "shapes_nfnet.onnx"
+
+
+def write_video(path: Path, frames_rgb: list[np.ndarray] | Iterator[np.ndarray], fps: float = 25.0) -> Path:
+    """Encode RGB frames into a real video file (mp4v in MP4, through OpenCV's FFmpeg)."""
+    writer = None
+    for frame in frames_rgb:
+        if writer is None:
+            height, width = frame.shape[:2]
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+            assert writer.isOpened(), f"cannot write {path}"
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    assert writer is not None, "no frames"
+    writer.release()
+    return path
+
+
+def solid_frames(colours_rgb: list[tuple[int, int, int]], size_hw: tuple[int, int] = (120, 160),
+                 seed: int = 0) -> Iterator[np.ndarray]:
+    """Frames of one colour each, with mild noise."""
+    rng = np.random.default_rng(seed)
+    for colour in colours_rgb:
+        frame = np.empty((*size_hw, 3), dtype=np.int16)
+        frame[:] = colour
+        frame += rng.integers(-12, 13, size=frame.shape, dtype=np.int16)
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def colour_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return colour_model(tmp_path_factory.mktemp("models") / "colour.onnx")
+
+
+class DaemonProcess:
+    """``python -m daemon`` in a subprocess, with its stdout/stderr in files for the assertions."""
+
+    def __init__(self, workdir: Path, config_text: str) -> None:
+        self.config = workdir / "daemon.toml"
+        self.config.write_text(config_text)
+        self.stdout_path, self.stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> DaemonProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(self.config)],
+                                            cwd=REPO, stdout=out, stderr=err, env=env)
+        return self
+
+    def wait_for_log(self, text: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.stderr:
+                return
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.process.returncode}) before {text!r}:\n{self.stderr}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} within {timeout_s}s:\n{self.stderr}")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def daemon_process(tmp_path: Path) -> Iterator[type[DaemonProcess]]:
+    """A factory of daemon subprocesses that are all killed at the end of the test."""
+    started: list[DaemonProcess] = []
+
+    def make(config_text: str) -> DaemonProcess:
+        proc = DaemonProcess(tmp_path, config_text)
+        started.append(proc)
+        return proc
+
+    yield make  # type: ignore[misc]
+    for proc in started:
+        proc.kill()

@@ -1,0 +1,130 @@
+"""Preprocessing against timm's own evaluation transform (PIL), the reference NFNets were trained with."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import PIL.Image
+import pytest
+import timm.data
+
+from pipelines.model_info import ModelInfo, WeightSource
+from pipelines.preprocess import BufferPool, Preprocessor, plan_resize
+from pipelines.preprocess.transform import FrameFormatError
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def info_for(size: tuple[int, int], crop_pct: float, crop_mode: str = "center",
+             interpolation: str = "bicubic") -> ModelInfo:
+    return ModelInfo("m", (3, *size), MEAN, STD, interpolation, crop_pct, crop_mode, ("a",),  # type: ignore[arg-type]
+                     WeightSource("random", "0"), None)
+
+
+def natural_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour gradients plus shapes with hard edges, RGB."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 16 + 2, width // 16 + 2, 3), dtype=np.uint8)
+    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
+    cv2.circle(image, (width // 3, height // 2), min(height, width) // 5, (220, 30, 30), -1)
+    cv2.rectangle(image, (width // 2, height // 4), (width * 3 // 4, height * 3 // 4), (30, 200, 60), -1)
+    return image
+
+
+def timm_reference(rgb: np.ndarray, info: ModelInfo) -> np.ndarray:
+    transform = timm.data.create_transform(
+        input_size=info.input_size, interpolation=info.interpolation, mean=info.mean, std=info.std,
+        crop_pct=info.crop_pct, crop_mode=info.crop_mode)
+    return transform(PIL.Image.fromarray(rgb)).numpy()
+
+
+def ours(rgb: np.ndarray, info: ModelInfo) -> np.ndarray:
+    out = np.full(info.input_size, np.nan, dtype=np.float32)
+    Preprocessor(info)(np.ascontiguousarray(rgb[:, :, ::-1]), out)
+    return out
+
+
+def mean_abs_levels(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference expressed in 8-bit pixel levels."""
+    return float(np.mean(np.abs(a - b) * np.asarray(STD, dtype=np.float32)[:, None, None]) * 255.0)
+
+
+@pytest.mark.parametrize("frame_hw", [(480, 640), (720, 1280), (1080, 1920), (640, 480), (97, 131), (50, 60)])
+@pytest.mark.parametrize(("size", "crop_pct", "crop_mode"), [
+    ((224, 224), 0.875, "center"), ((256, 256), 0.94, "center"), ((64, 64), 1.0, "center"),
+    ((256, 192), 0.9, "center"), ((224, 224), 0.9, "squash"),
+])
+def test_geometry_is_timms(frame_hw: tuple[int, int], size: tuple[int, int], crop_pct: float,
+                           crop_mode: str) -> None:
+    """Same resize and crop as timm: nearest-neighbour output (no resampling differences) is identical."""
+    info = info_for(size, crop_pct, crop_mode, interpolation="nearest")
+    # Every pixel distinct in position so that any off-by-one in resize or crop changes the output.
+    h, w = frame_hw
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([(yy * 7) % 256, (xx * 5) % 256, (yy + xx) % 256], axis=-1).astype(np.uint8)
+    plan = plan_resize(frame_hw, info)
+    reference = timm_reference(rgb, info)
+    assert plan.crop_hw == size
+    # Geometry: our crop window of a nearest-resized frame equals timm's output exactly wherever
+    # OpenCV and PIL pick the same source pixel; PIL's nearest rounds pixel centres the same way.
+    got = ours(rgb, info)
+    assert got.shape == reference.shape
+    agreement = np.mean(np.isclose(got, reference, atol=1e-4))
+    assert agreement > 0.97, f"only {agreement:.3f} of values agree: the crop window is off"
+
+
+@pytest.mark.parametrize(("frame_hw", "size", "crop_pct", "limit"), [
+    ((480, 640), (224, 224), 0.875, 1.5),
+    ((1080, 1920), (224, 224), 0.875, 2.5),
+    ((720, 1280), (256, 256), 0.94, 2.5),
+    ((120, 160), (224, 224), 0.875, 1.5),  # upscale
+    ((480, 640), (64, 64), 1.0, 3.0),
+])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_pixels_close_to_timm(frame_hw: tuple[int, int], size: tuple[int, int], crop_pct: float,
+                              limit: float, interpolation: str) -> None:
+    info = info_for(size, crop_pct, interpolation=interpolation)
+    rgb = natural_image(*frame_hw)
+    difference = mean_abs_levels(ours(rgb, info), timm_reference(rgb, info))
+    assert difference < limit, f"mean |ours - timm| = {difference:.2f} 8-bit levels"
+
+
+def test_bgr_frames_become_normalised_rgb() -> None:
+    info = info_for((32, 32), 1.0)
+    red_bgr = np.zeros((40, 40, 3), dtype=np.uint8)
+    red_bgr[:, :, 2] = 255
+    out = np.empty(info.input_size, dtype=np.float32)
+    Preprocessor(info)(red_bgr, out)
+    expected = [(1.0 - MEAN[0]) / STD[0], (0.0 - MEAN[1]) / STD[1], (0.0 - MEAN[2]) / STD[2]]
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), expected, rtol=1e-5)
+
+
+def test_writes_into_the_callers_buffer_and_adapts_to_new_frame_sizes() -> None:
+    info = info_for((32, 32), 1.0, interpolation="bilinear")
+    pool = BufferPool(count=2, batch=3, chw=info.input_size)
+    buffer = pool.acquire(timeout=1)
+    assert buffer is not None
+    preprocess = Preprocessor(info)
+    for row, size in enumerate([(64, 64), (48, 80), (32, 32)]):
+        preprocess(np.full((*size, 3), 128, dtype=np.uint8), buffer.array[row])
+    np.testing.assert_allclose(buffer.array[:, 0], (128 / 255 - MEAN[0]) / STD[0], rtol=1e-5)
+    pool.release(buffer)
+    with pytest.raises(RuntimeError, match="released twice"):
+        pool.release(buffer)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8),
+                                 np.zeros((8, 8, 3), np.float32)])
+def test_rejects_frames_that_are_not_bgr8(bad: np.ndarray) -> None:
+    info = info_for((32, 32), 1.0)
+    with pytest.raises(FrameFormatError, match="HxWx3 uint8"):
+        Preprocessor(info)(bad, np.empty(info.input_size, np.float32))
+
+
+def test_buffer_pool_applies_back_pressure() -> None:
+    pool = BufferPool(count=2, batch=1, chw=(3, 4, 4))
+    first, second = pool.acquire(0.1), pool.acquire(0.1)
+    assert first is not None and second is not None and first is not second
+    assert pool.acquire(timeout=0.05) is None
+    pool.release(first)
+    assert pool.acquire(timeout=0.05) is first
