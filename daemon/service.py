@@ -95,6 +95,7 @@ class Daemon:
         assert self.pipeline is not None
         pipeline, cfg = self.pipeline, self.config.pipeline
         drain_deadline: float | None = None
+        idle_announced = False
         while True:
             while self._signals:
                 signum = self._signals.pop(0)
@@ -117,6 +118,9 @@ class Daemon:
                 if drain_deadline is not None or cfg.exit_when_sources_end:
                     log.info("all streams done: %s", self._published_summary())
                     return EXIT_OK
+                if not idle_announced:
+                    log.info("all streams ended (%s); staying up until stopped", self._published_summary())
+                    idle_announced = True
             if drain_deadline is not None and time.monotonic() > drain_deadline:
                 log.error("drain took longer than %.1fs; aborting with frames unpublished (%s)",
                           cfg.drain_timeout_s, self._published_summary())

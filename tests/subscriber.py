@@ -1,0 +1,55 @@
+"""A test subscriber on a real ZeroMQ SUB socket, and a Prometheus scrape helper."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class Subscriber:
+    """Connects before the daemon binds (ZeroMQ reconnects), so it can see the very first message."""
+
+    def __init__(self, endpoint: str, topic: str = "") -> None:
+        self._context = zmq.Context()
+        self.socket = self._context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)  # unlimited: the test must see everything
+        self.socket.setsockopt_string(zmq.SUBSCRIBE, topic)
+        self.socket.connect(endpoint)
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    def receive_until(self, done: Callable[[list[tuple[str, dict[str, Any]]]], bool], timeout_s: float,
+                      quiet_s: float | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Collect messages until ``done(messages)``, or nothing arrived for ``quiet_s``; fail at timeout."""
+        deadline = time.monotonic() + timeout_s
+        last = time.monotonic()
+        while not done(self.messages):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out with {len(self.messages)} messages")
+            if quiet_s is not None and time.monotonic() - last > quiet_s:
+                break
+            if self.socket.poll(100):
+                topic, payload = self.socket.recv_multipart()
+                self.messages.append((topic.decode(), json.loads(payload)))
+                last = time.monotonic()
+        return self.messages
+
+    def close(self) -> None:
+        self.socket.close()
+        self._context.term()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample at ``/metrics`` keyed by (name, sorted labels)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

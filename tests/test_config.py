@@ -1,0 +1,74 @@
+"""Configuration: strict validation with messages that name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import ConfigError, load_config
+
+MINIMAL = """
+[model]
+path = "models/m.onnx"
+
+[[sources]]
+id = "cam1"
+path = "videos/a.mp4"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "daemon.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_gets_defaults_and_paths_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.model.path == tmp_path / "models" / "m.onnx"
+    assert config.sources[0].path == tmp_path / "videos" / "a.mp4"
+    assert config.metrics.host == "127.0.0.1"
+    assert config.publish.zmq.enabled and config.publish.zmq.endpoint.startswith("tcp://127.0.0.1:")
+    assert config.pipeline.input_buffers == 2
+
+
+def test_absolute_paths_stay(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL.replace('"models/m.onnx"', '"/srv/m.onnx"')))
+    assert config.model.path == Path("/srv/m.onnx")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (MINIMAL + "\n[pipeline]\nqueue_sise = 3\n", "pipeline.queue_sise: unknown key"),
+    (MINIMAL.replace('id = "cam1"', 'id = "cam1"\nfps = 3'), "sources[0].fps: unknown key"),
+    (MINIMAL + "\n[engine]\nbatch_size = \"four\"\n", "engine.batch_size: Input should be a valid integer"),
+    (MINIMAL + "\n[metrics]\nport = 70000\n", "metrics.port: Input should be less than or equal to 65535"),
+    ("[[sources]]\nid = \"a\"\npath = \"x\"\n", "model: required key is missing"),
+    (MINIMAL.replace('id = "cam1"', 'id = "cam 1"'), "sources[0].id: String should match pattern"),
+    (MINIMAL + '\n[[sources]]\nid = "cam1"\npath = "b.mp4"\n', "source ids must be unique; repeated: cam1"),
+    (MINIMAL + "\n[engine]\ntype = \"tensorrt\"\n", "engine.type: Input should be 'onnxruntime'"),
+])
+def test_invalid_configs_say_what_and_where(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+    assert expected in str(caught.value)
+
+
+def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*line 2"):
+        load_config(write(tmp_path, "[model]\npath = \n"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_bundled_configs_are_valid() -> None:
+    configs = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.toml"))
+    assert configs, "configs/ holds no TOML file"
+    for path in configs:
+        config = load_config(path)
+        assert config.model.path.is_file(), f"{path}: model {config.model.path} does not exist"
