@@ -8,12 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+
+import tools.video_files
 
 from tests.onnx_models import colour_model
 
@@ -22,17 +23,9 @@ ASSETS = REPO / "tests" / "assets"
 SHAPES_MODEL = ASSETS / "shapes_nfnet.onnx"
 
 
-def write_video(path: Path, frames_rgb: list[np.ndarray] | Iterator[np.ndarray], fps: float = 25.0) -> Path:
+def write_video(path: Path, frames_rgb: Iterable[np.ndarray], fps: float = 25.0) -> Path:
     """Encode RGB frames into a real video file (mp4v in MP4, through OpenCV's FFmpeg)."""
-    writer = None
-    for frame in frames_rgb:
-        if writer is None:
-            height, width = frame.shape[:2]
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-            assert writer.isOpened(), f"cannot write {path}"
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    assert writer is not None, "no frames"
-    writer.release()
+    tools.video_files.write_video(path, frames_rgb, fps)
     return path
 
 
@@ -45,6 +38,30 @@ def solid_frames(colours_rgb: list[tuple[int, int, int]], size_hw: tuple[int, in
         frame[:] = colour
         frame += rng.integers(-12, 13, size=frame.shape, dtype=np.int16)
         yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def daemon_config(model: Path, videos: dict[str, Path], zmq_port: int, metrics_port: int,
+                  exit_when_done: bool, batch_size: int = 4) -> str:
+    """A daemon config for tests: every source a file, one subscriber awaited before starting."""
+    sources = "".join(f'\n[[sources]]\nid = "{sid}"\npath = "{path}"\n' for sid, path in videos.items())
+    return f"""
+[model]
+path = "{model}"
+
+[engine]
+batch_size = {batch_size}
+
+[pipeline]
+exit_when_sources_end = {str(exit_when_done).lower()}
+top_k = 3
+{sources}
+[publish.zmq]
+endpoint = "tcp://127.0.0.1:{zmq_port}"
+wait_for_subscribers = 1
+
+[metrics]
+port = {metrics_port}
+"""
 
 
 def free_port() -> int:

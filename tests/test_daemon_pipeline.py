@@ -11,34 +11,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.conftest import REPO, free_port, solid_frames, write_video
+from tests.conftest import REPO, daemon_config, free_port, solid_frames, write_video
 from tests.subscriber import Subscriber, scrape
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 SCHEMA = json.loads((REPO / "pipelines" / "publishers" / "label_message.schema.json").read_text())
-
-
-def daemon_config(model: Path, videos: dict[str, Path], zmq_port: int, metrics_port: int,
-                  exit_when_done: bool, batch_size: int = 4) -> str:
-    sources = "".join(f'\n[[sources]]\nid = "{sid}"\npath = "{path}"\n' for sid, path in videos.items())
-    return f"""
-[model]
-path = "{model}"
-
-[engine]
-batch_size = {batch_size}
-
-[pipeline]
-exit_when_sources_end = {str(exit_when_done).lower()}
-top_k = 3
-{sources}
-[publish.zmq]
-endpoint = "tcp://127.0.0.1:{zmq_port}"
-wait_for_subscribers = 1
-
-[metrics]
-port = {metrics_port}
-"""
 
 
 def colour_cycle(frames: int, run: int = 5) -> list[str]:
