@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import tools.video_files
-
 from tests.onnx_models import colour_model
 
 REPO = Path(__file__).resolve().parent.parent

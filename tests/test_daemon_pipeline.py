@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -90,3 +92,25 @@ def test_sigterm_drains_every_frame_already_read(tmp_path: Path, colour_model_pa
     ended = re.search(r"stream cam1: ended; (\d+) of its (\d+) frames published", daemon.stderr)
     assert ended, daemon.stderr
     assert int(ended.group(1)) == int(ended.group(2)) == len(seqs), "every frame read was published"
+
+
+def test_subscriber_tool_prints_every_label(tmp_path: Path, colour_model_path: Path, daemon_process) -> None:
+    names = colour_cycle(30)
+    video = write_video(tmp_path / "v.mp4", solid_frames([COLOURS[c] for c in names]))
+    zmq_port = free_port()
+    tool = subprocess.Popen([sys.executable, "-m", "tools.subscribe", "--endpoint",
+                             f"tcp://127.0.0.1:{zmq_port}", "--json", "--count", str(len(names))],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The daemon holds its source until the tool is subscribed (wait_for_subscribers = 1).
+        daemon = daemon_process(daemon_config(colour_model_path, {"cam1": video}, zmq_port, 0,
+                                              exit_when_done=True)).start()
+        out, err = tool.communicate(timeout=60)
+    finally:
+        tool.kill()
+    assert tool.returncode == 0, err
+    assert daemon.wait() == 0
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert [m["seq"] for m in printed] == list(range(len(names)))
+    assert [m["top_k"][0]["label"] for m in printed] == names
+    assert "GAP" not in err

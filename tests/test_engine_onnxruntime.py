@@ -44,7 +44,7 @@ def test_static_batch_pads_and_discards_the_padding(tmp_path: Path) -> None:
 def test_static_batch_conflicting_with_config_is_an_error(tmp_path: Path) -> None:
     info = colour_model_info(batch=2)
     path = colour_model(tmp_path / "m.onnx", info)
-    with pytest.raises(EngineError, match="static batch of 2; engine.batch_size = 8"):
+    with pytest.raises(EngineError, match=r"static batch of 2; engine\.batch_size = 8"):
         create_engine(EngineConfig(batch_size=8), path, info)
 
 

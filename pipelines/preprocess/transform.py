@@ -57,8 +57,8 @@ def plan_resize(frame_hw: tuple[int, int], info: ModelInfo) -> ResizePlan:
         resize_h, resize_w = round(height / ratio), round(width / ratio)
     resize_h, resize_w = max(resize_h, crop_h), max(resize_w, crop_w)
     # torchvision CenterCrop rounds the offset half to even, as Python's round() does.
-    top = int(round((resize_h - crop_h) / 2.0))
-    left = int(round((resize_w - crop_w) / 2.0))
+    top = round((resize_h - crop_h) / 2.0)
+    left = round((resize_w - crop_w) / 2.0)
     return ResizePlan((resize_h, resize_w), top, left, (crop_h, crop_w))
 
 
