@@ -41,8 +41,7 @@ class Daemon:
         self.http: MetricsServer | None = None
         self.pipeline: Pipeline | None = None
         self.ready = threading.Event()
-        self._signals: list[int] = []
-        self._wakeup = threading.Event()
+        self._signals: list[int] = []  # appended by signal handlers, consumed by the main loop
         self._old_handlers: dict[int, object] = {}
 
     def run(self) -> int:
@@ -126,8 +125,7 @@ class Daemon:
                           cfg.drain_timeout_s, self._published_summary())
                 pipeline.abort()
                 return EXIT_RUNTIME_FAILURE
-            self._wakeup.wait(TICK_S)
-            self._wakeup.clear()
+            time.sleep(TICK_S)
 
     def shutdown(self) -> None:
         if self.pipeline is not None:
@@ -148,9 +146,8 @@ class Daemon:
             self.http.close()
 
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
-        """What a signal does: record it and wake the main loop (safe from any thread)."""
+        """What a signal does: record it for the main loop (no locks: safe in a handler, any thread)."""
         self._signals.append(signum)
-        self._wakeup.set()
 
     def _wait_for_subscribers(self) -> None:
         wanted = self.config.publish.zmq.wait_for_subscribers
@@ -158,8 +155,11 @@ class Daemon:
         if not wanted or not zmq_publishers:
             return
         log.info("waiting up to %.0fs for %d subscriber(s)", self.config.publish.zmq.wait_timeout_s, wanted)
-        got = zmq_publishers[0].wait_for_subscribers(wanted, self.config.publish.zmq.wait_timeout_s)
-        if got < wanted:
+        got = zmq_publishers[0].wait_for_subscribers(wanted, self.config.publish.zmq.wait_timeout_s,
+                                                     cancelled=lambda: bool(self._signals))
+        if self._signals:
+            log.info("stopped while waiting for subscribers")
+        elif got < wanted:
             log.warning("only %d of %d subscriber(s) arrived; starting anyway", got, wanted)
 
     def _published_summary(self) -> str:

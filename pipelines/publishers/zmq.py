@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -34,10 +35,12 @@ class ZmqPublisher(Publisher):
         self._subscriptions: set[bytes] = set()
         self._config = config
 
-    def wait_for_subscribers(self, count: int, timeout_s: float) -> int:
-        """Block until ``count`` distinct subscriptions arrived or ``timeout_s`` passed; return how many."""
+    def wait_for_subscribers(self, count: int, timeout_s: float,
+                             cancelled: Callable[[], bool] = lambda: False) -> int:
+        """Block until ``count`` distinct subscriptions arrived, ``timeout_s`` passed or ``cancelled()``;
+        return how many arrived."""
         deadline = time.monotonic() + timeout_s
-        while len(self._subscriptions) < count:
+        while len(self._subscriptions) < count and not cancelled():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -24,7 +24,6 @@ class InferenceStage(Stage):
         self._streams = len(streams)
         self._counters = {s: metrics.counter_for(s, "inference") for s in streams}
         self._batch_size = metrics.batch_size
-        self.last_batch_monotonic = time.monotonic()  # heartbeat: when the last batch completed
 
     def loop(self) -> None:
         open_streams = self._streams
@@ -48,7 +47,6 @@ class InferenceStage(Stage):
         finally:
             self._pool.release(batch.buffer)
         end = time.perf_counter()
-        self.last_batch_monotonic = time.monotonic()
         self._batch_size.observe(count)
         for frame in batch.frames:
             frame.times.inference_start, frame.times.inference_end = start, end

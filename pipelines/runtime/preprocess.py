@@ -53,7 +53,7 @@ class PreprocessStage(Stage):
                         return
                     deadline = time.monotonic() + self._batch_timeout_s
                 self._add(item)
-                if len(self._frames) == self._pool.batch:
+                if len(self._frames) == self._pool.batch or time.monotonic() >= deadline:
                     self._hand_on()
 
     def _acquire(self) -> InputBuffer | None:
