@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     value = value.expanduser()
     if base is not None and not value.is_absolute():
-        value = Path(base) / value
+        value = Path(os.path.normpath(Path(base) / value))
     return value
 
 
