@@ -69,6 +69,11 @@ class Daemon:
                  ", ".join(f"{k}={v}" for k, v in facts.items()))
         self.metrics.model.info({"model_id": identity, "model_path": str(cfg.model.path),
                                  "weights": self.info.weights.describe(), **facts})
+        report = self.engine.build_report
+        if report is not None:
+            self.metrics.compile_seconds.set(report.compile_seconds)
+            self.metrics.program_cache.labels(outcome=report.cache).inc()
+            log.info("compiled program: cache %s, compile %.1fs", report.cache, report.compile_seconds)
 
         for source_config in cfg.sources:
             source = create_source(source_config)

@@ -169,10 +169,14 @@ def _check(condition: bool, message: str) -> None:
         raise ModelMetadataError(message)
 
 
-def model_id(path: str | Path, info: ModelInfo) -> str:
-    """``name:sha12``: the model's name and the first 12 hex digits of the file's sha256."""
+def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return f"{info.name}:{digest.hexdigest()[:12]}"
+    return digest.hexdigest()
+
+
+def model_id(path: str | Path, info: ModelInfo) -> str:
+    """``name:sha12``: the model's name and the first 12 hex digits of the file's sha256."""
+    return f"{info.name}:{file_sha256(path)[:12]}"

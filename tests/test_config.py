@@ -46,7 +46,7 @@ def test_absolute_paths_stay(tmp_path: Path) -> None:
     ("[[sources]]\nid = \"a\"\npath = \"x\"\n", "model: required key is missing"),
     (MINIMAL.replace('id = "cam1"', 'id = "cam 1"'), "sources[0].id: String should match pattern"),
     (MINIMAL + '\n[[sources]]\nid = "cam1"\npath = "b.mp4"\n', "source ids must be unique; repeated: cam1"),
-    (MINIMAL + "\n[engine]\ntype = \"tensorrt\"\n", "engine.type: Input should be 'onnxruntime'"),
+    (MINIMAL + "\n[engine]\ntype = \"tensorrt\"\n", "engine.type: Input should be 'auto', 'migraphx' or 'onnxruntime'"),
 ])
 def test_invalid_configs_say_what_and_where(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)

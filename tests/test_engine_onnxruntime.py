@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from pipelines.engines import EngineConfig, EngineError, create_engine
+from pipelines.engines.config import OnnxRuntimeOptions
+from pipelines.engines.onnxruntime import best_providers
 from tests.onnx_models import colour_model, colour_model_info
 
 
@@ -58,7 +60,8 @@ def test_unavailable_provider_lists_what_is_available(tmp_path: Path) -> None:
     info = colour_model_info()
     path = colour_model(tmp_path / "m.onnx", info)
     with pytest.raises(EngineError, match=r"not available .*CPUExecutionProvider"):
-        create_engine(EngineConfig(providers=["NoSuchExecutionProvider"]), path, info)
+        options = OnnxRuntimeOptions(providers=["NoSuchExecutionProvider"])
+        create_engine(EngineConfig(type="onnxruntime", onnxruntime=options), path, info)
 
 
 def test_corrupt_model_is_an_engine_error(tmp_path: Path) -> None:
@@ -66,3 +69,29 @@ def test_corrupt_model_is_an_engine_error(tmp_path: Path) -> None:
     path.write_bytes(b"\x08\x07garbage" * 50)
     with pytest.raises(EngineError, match="cannot load"):
         create_engine(EngineConfig(), path, colour_model_info())
+
+
+def test_best_providers_prefers_a_gpu_and_keeps_cpu_as_fallback() -> None:
+    assert best_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert best_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert best_providers(["CUDAExecutionProvider", "MIGraphXExecutionProvider", "CPUExecutionProvider"])[0] == \
+        "MIGraphXExecutionProvider"
+
+
+def test_io_binding_gives_the_same_logits(tmp_path: Path) -> None:
+    info = colour_model_info()
+    path = colour_model(tmp_path / "m.onnx", info)
+    bound = create_engine(EngineConfig(type="onnxruntime", batch_size=4,
+                                       onnxruntime=OnnxRuntimeOptions(io_binding=True)), path, info)
+    assert bound.describe()["io_binding"] == "true"
+    inputs = random_batch(4)
+    np.testing.assert_allclose(bound.infer(inputs, 3), expected_logits(inputs[:3]), rtol=1e-5, atol=1e-5)
+
+
+def test_options_for_a_provider_not_in_use_are_an_error(tmp_path: Path) -> None:
+    info = colour_model_info()
+    path = colour_model(tmp_path / "m.onnx", info)
+    options = OnnxRuntimeOptions(provider_options={"CUDAExecutionProvider": {"device_id": "0"}})
+    with pytest.raises(EngineError, match="provider_options names providers not in use"):
+        create_engine(EngineConfig(type="onnxruntime", onnxruntime=options), path, info)

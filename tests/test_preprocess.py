@@ -101,7 +101,7 @@ def test_bgr_frames_become_normalised_rgb() -> None:
 
 def test_writes_into_the_callers_buffer_and_adapts_to_new_frame_sizes() -> None:
     info = info_for((32, 32), 1.0, interpolation="bilinear")
-    pool = BufferPool(count=2, batch=3, chw=info.input_size)
+    pool = BufferPool([np.zeros((3, *info.input_size), np.float32) for _ in range(2)])
     buffer = pool.acquire(timeout=1)
     assert buffer is not None
     preprocess = Preprocessor(info)
@@ -122,7 +122,7 @@ def test_rejects_frames_that_are_not_bgr8(bad: np.ndarray) -> None:
 
 
 def test_buffer_pool_applies_back_pressure() -> None:
-    pool = BufferPool(count=2, batch=1, chw=(3, 4, 4))
+    pool = BufferPool([np.zeros((1, 3, 4, 4), np.float32) for _ in range(2)])
     first, second = pool.acquire(0.1), pool.acquire(0.1)
     assert first is not None and second is not None and first is not second
     assert pool.acquire(timeout=0.05) is None

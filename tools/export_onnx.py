@@ -12,7 +12,6 @@ Library functions raise :class:`ExportError`; only :func:`main` turns that into 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import socket
 import sys
 import time
@@ -33,7 +32,7 @@ from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.models import get_pretrained_cfg, list_pretrained, load_state_dict
 from torch import nn
 
-from pipelines.model_info import ModelInfo, ModelMetadataError, Precision, WeightSource, read_model_info
+from pipelines.model_info import ModelInfo, ModelMetadataError, Precision, WeightSource, file_sha256, read_model_info
 from tools.ws_fold import FoldError, fold_weight_standardization
 
 DEFAULT_OPSET = 18  # broadly supported by EPs; GELU exports as its exact Erf form below opset 20
@@ -157,14 +156,6 @@ def random_model(name: str, seed: int, num_classes: int | None = None) -> tuple[
     torch.manual_seed(seed)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return _create(name, **kwargs), WeightSource("random", str(seed))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _require_model(name: str) -> None:

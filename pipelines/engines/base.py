@@ -1,8 +1,16 @@
-"""The engine interface: a compiled classifier that turns a batch buffer into logits."""
+"""The engine interface: a compiled classifier that turns a batch buffer into logits.
+
+Engines are asynchronous at heart: ``submit`` enqueues a batch and ``result`` waits for its logits, so
+a GPU engine can copy batch N+1 to the device while batch N computes. An engine also owns the host
+buffers the preprocess stage writes into (``input_buffers``): a GPU engine hands out pinned memory that
+the device copies from directly; a CPU engine plain arrays.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -11,26 +19,49 @@ class EngineError(RuntimeError):
     """The engine could not be built or could not run; the message says what a user can do."""
 
 
+@dataclass(frozen=True)
+class BuildReport:
+    """How a compiled engine came to be: from its cache, or compiled now (and for how long)."""
+
+    cache: str  # hit, miss, rebuilt or uncached
+    compile_seconds: float
+
+
 class Engine(ABC):
     """Runs the model on the first ``count`` rows of a ``(batch_size, C, H, W)`` float32 buffer.
 
-    Every input buffer the pipeline hands over has exactly ``batch_size`` rows, so an engine with a
-    static batch runs the whole buffer (padding rows included) and returns only the ``count`` real rows.
-    Only one ``infer`` call is ever in flight.
+    Every buffer handed to ``submit`` is one of this engine's ``input_buffers`` and has exactly
+    ``batch_size`` rows, so an engine with a static batch runs the whole buffer (padding rows included)
+    and returns only the ``count`` real rows. At most ``max_in_flight`` submissions are outstanding;
+    results are collected in submission order.
     """
 
     name: str
     batch_size: int
+    max_in_flight: int = 1
+    build_report: BuildReport | None = None  # engines that compile say how it went
+
+    def input_buffers(self, count: int) -> list[np.ndarray]:
+        """``count`` host buffers of shape ``(batch_size, C, H, W)``, float32, for the preprocess stage."""
+        return [np.zeros((self.batch_size, *self.input_chw), dtype=np.float32) for _ in range(count)]
 
     @abstractmethod
+    def submit(self, inputs: np.ndarray, count: int) -> Any:
+        """Start inference on one of ``input_buffers``; return a handle for :meth:`result`."""
+
+    @abstractmethod
+    def result(self, handle: Any) -> np.ndarray:
+        """Wait for a submission; logits of shape ``(count, classes)``, float32, owned by the caller."""
+
     def infer(self, inputs: np.ndarray, count: int) -> np.ndarray:
-        """Logits of shape ``(count, classes)``, float32, owned by the caller."""
+        """Submit and wait: one batch, synchronously."""
+        return self.result(self.submit(inputs, count))
 
     def warmup(self, runs: int = 2) -> None:
         """Run a few batches of zeros so that lazy initialisation happens before the first frame."""
-        zeros = np.zeros((self.batch_size, *self.input_chw), dtype=np.float32)
+        buffers = self.input_buffers(1)
         for _ in range(runs):
-            self.infer(zeros, self.batch_size)
+            self.infer(buffers[0], self.batch_size)
 
     @property
     @abstractmethod

@@ -1,27 +1,68 @@
-"""Engine configuration: which engine runs the model, and its options."""
+"""Engine configuration: which engine runs the model, and each engine's options."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from pipelines.config_base import StrictModel
+from pipelines.paths import ConfigPath
+
+
+def default_cache_dir() -> Path:
+    """systemd's ``CacheDirectory=`` (``$CACHE_DIRECTORY``), else the user's XDG cache."""
+    if os.environ.get("CACHE_DIRECTORY"):
+        return Path(os.environ["CACHE_DIRECTORY"].split(":")[0]) / "migraphx"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nfnet-stream" / "migraphx"
+
+
+class OnnxRuntimeOptions(StrictModel):
+    providers: list[str] | None = Field(
+        None, min_length=1,
+        description="Execution providers in order of preference; default: the best available of "
+                    "MIGraphX, ROCm, CUDA, CPU.",
+    )
+    provider_options: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Options per provider, e.g. {MIGraphXExecutionProvider = {migraphx_fp16_enable = '1'}}.",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="Intra-op threads (0: ONNX Runtime's default).")
+    io_binding: bool | None = Field(
+        None, description="Bind inputs/outputs explicitly (default: when the first provider is a GPU's).")
+
+
+class MigraphxOptions(StrictModel):
+    target: Literal["gpu", "ref"] = Field("gpu", description="'ref' is MIGraphX's reference target, for debugging.")
+    fp16: bool = Field(False, description="quantize_fp16 before compiling (inputs and outputs stay float32).")
+    exhaustive_tune: bool = Field(False, description="Slower compile, possibly faster kernels.")
+    cache_dir: ConfigPath = Field(
+        default_factory=default_cache_dir,
+        description="Compiled programs, keyed by model hash, batch, precision, target, MIGraphX version "
+                    "and GPU architecture.",
+    )
+    device: int = Field(0, ge=0, description="HIP device index.")
+    hip_library: str = Field(
+        "libamdhip64.so",
+        description="The HIP runtime for ctypes. 'python:MODULE' loads a Python stand-in instead "
+                    "(used by the test double in tests/doubles).",
+    )
 
 
 class EngineConfig(StrictModel):
-    type: Literal["onnxruntime"] = Field(
-        "onnxruntime", description="Inference engine. ONNX Runtime runs everywhere (CPU by default)."
+    type: Literal["auto", "migraphx", "onnxruntime"] = Field(
+        "auto",
+        description="auto: MIGraphX when it imports and a GPU is visible, else ONNX Runtime with the best "
+                    "available provider.",
     )
     batch_size: int | None = Field(
         None, ge=1, le=256,
         description="Frames per inference. Models exported with a static batch use theirs; "
                     "dynamic-batch models default to 4.",
     )
-    providers: list[str] = Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
-        min_length=1,
-        description="ONNX Runtime execution providers, in order of preference.",
-    )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default).")
     warmup_runs: int = Field(2, ge=0, description="Batches of zeros run before the daemon is ready.")
+    onnxruntime: OnnxRuntimeOptions = OnnxRuntimeOptions()
+    migraphx: MigraphxOptions = MigraphxOptions()

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipelines.engines.base import Engine, EngineError
+from pipelines.engines.batching import resolve_batch
 from pipelines.engines.config import EngineConfig
 from pipelines.model_info import ModelInfo
 
-DYNAMIC_BATCH_DEFAULT = 4
+log = logging.getLogger(__name__)
+
+# Preference order when no providers are configured.
+PREFERRED_PROVIDERS = ("MIGraphXExecutionProvider", "ROCMExecutionProvider", "CUDAExecutionProvider",
+                       "CPUExecutionProvider")
+GPU_PROVIDERS = {"MIGraphXExecutionProvider": "cuda", "ROCMExecutionProvider": "cuda",
+                 "CUDAExecutionProvider": "cuda"}  # ONNX Runtime names every GPU device "cuda"
+
+
+def best_providers(available: list[str]) -> list[str]:
+    """The preferred GPU provider that is available (if any), then CPU as the fallback."""
+    chosen = [p for p in PREFERRED_PROVIDERS if p in available and p != "CPUExecutionProvider"][:1]
+    return [*chosen, "CPUExecutionProvider"]
 
 
 class OnnxRuntimeEngine(Engine):
@@ -19,19 +34,26 @@ class OnnxRuntimeEngine(Engine):
     def __init__(self, model_path: Path, info: ModelInfo, config: EngineConfig) -> None:
         import onnxruntime as ort
 
+        options = config.onnxruntime
         available = ort.get_available_providers()
-        missing = [p for p in config.providers if p not in available]
+        providers = options.providers or best_providers(available)
+        missing = [p for p in providers if p not in available]
         if missing:
             raise EngineError(
                 f"ONNX Runtime providers {missing} are not available in this installation "
                 f"(available: {available})"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = config.intra_op_threads
-        options.inter_op_num_threads = 1
+        unknown = sorted(set(options.provider_options) - set(providers))
+        if unknown:
+            raise EngineError(f"engine.onnxruntime.provider_options names providers not in use: {unknown}")
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = 1
+        provider_list: list[Any] = [(p, options.provider_options[p]) if p in options.provider_options else p
+                                    for p in providers]
         try:
-            self._session = ort.InferenceSession(str(model_path), options, providers=config.providers)
+            self._session = ort.InferenceSession(str(model_path), session_options, providers=provider_list)
         except Exception as exc:  # ORT raises its own exception types per failure
             raise EngineError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
 
@@ -39,39 +61,51 @@ class OnnxRuntimeEngine(Engine):
         if len(inputs) != 1:
             raise EngineError(f"{model_path}: expected one input, found {[i.name for i in inputs]}")
         model_input = inputs[0]
-        static_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
         if list(model_input.shape[1:]) != list(info.input_size):
             raise EngineError(
                 f"{model_path}: graph input shape {model_input.shape} does not match the metadata's "
                 f"input_size {list(info.input_size)}"
             )
-        if static_batch is not None and config.batch_size not in (None, static_batch):
-            raise EngineError(
-                f"{model_path} was exported with a static batch of {static_batch}; "
-                f"engine.batch_size = {config.batch_size} cannot be used (re-export with --dynamic-batch)"
-            )
-        self.batch_size = static_batch or config.batch_size or DYNAMIC_BATCH_DEFAULT
+        static_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
+        self.batch_size = resolve_batch(model_path, static_batch, config.batch_size)
         self._static = static_batch is not None
         self._input_name = model_input.name
         self._input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
         self._output_name = outputs[0].name
         self._info = info
+        self._provider = self._session.get_providers()[0]
+        use_binding = options.io_binding if options.io_binding is not None else self._provider in GPU_PROVIDERS
+        self._binding = self._session.io_binding() if use_binding else None
+        self._output_device = GPU_PROVIDERS.get(self._provider, "cpu")
 
     @property
     def input_chw(self) -> tuple[int, int, int]:
         return self._info.input_size
 
-    def infer(self, inputs: np.ndarray, count: int) -> np.ndarray:
+    def submit(self, inputs: np.ndarray, count: int) -> np.ndarray:
+        """ONNX Runtime runs synchronously (releasing the GIL): the handle is the finished logits."""
         feed = inputs if self._static else inputs[:count]
         if feed.dtype != self._input_dtype:
             feed = feed.astype(self._input_dtype)
-        (logits,) = self._session.run([self._output_name], {self._input_name: feed})
+        if self._binding is None:
+            (logits,) = self._session.run([self._output_name], {self._input_name: feed})
+        else:
+            # Bound input: ONNX Runtime copies host → device once, with no intermediate copy; the output
+            # stays on the provider's device until copied back.
+            self._binding.bind_cpu_input(self._input_name, np.ascontiguousarray(feed))
+            self._binding.bind_output(self._output_name, self._output_device)
+            self._session.run_with_iobinding(self._binding)
+            (logits,) = self._binding.copy_outputs_to_cpu()
         return np.asarray(logits[:count], dtype=np.float32)
+
+    def result(self, handle: np.ndarray) -> np.ndarray:
+        return handle
 
     def describe(self) -> dict[str, str]:
         return {
             "engine": self.name,
-            "provider": self._session.get_providers()[0],
+            "provider": self._provider,
+            "io_binding": str(self._binding is not None).lower(),
             "batch": str(self.batch_size),
             "precision": self._info.precision,
         }

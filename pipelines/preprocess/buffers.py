@@ -23,14 +23,18 @@ class InputBuffer:
 
 
 class BufferPool:
-    """A fixed set of ``(batch, C, H, W)`` float32 buffers handed out and given back."""
+    """A fixed set of ``(batch, C, H, W)`` float32 buffers handed out and given back.
 
-    def __init__(self, count: int, batch: int, chw: tuple[int, int, int]) -> None:
-        if count < 1 or batch < 1:
-            raise ValueError("a buffer pool needs at least one buffer of at least one frame")
-        self.batch = batch
-        self.buffers = tuple(InputBuffer(slot, np.zeros((batch, *chw), dtype=np.float32))
-                             for slot in range(count))
+    The arrays come from the engine (``Engine.input_buffers``): pinned host memory for a GPU engine.
+    """
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        if not arrays or arrays[0].ndim != 4 or arrays[0].shape[0] < 1:
+            raise ValueError("a buffer pool needs at least one (batch, C, H, W) buffer")
+        if any(a.shape != arrays[0].shape or a.dtype != np.float32 for a in arrays):
+            raise ValueError("pool buffers must all be float32 of one shape")
+        self.batch = arrays[0].shape[0]
+        self.buffers = tuple(InputBuffer(slot, array) for slot, array in enumerate(arrays))
         self._free: queue.Queue[InputBuffer] = queue.Queue()
         for buffer in self.buffers:
             self._free.put(buffer)

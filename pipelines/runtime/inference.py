@@ -1,10 +1,17 @@
-"""Inference stage: runs each batch through the engine and gives its buffer back to the pool."""
+"""Inference stage: submits batches to the engine, collects their logits in order, recycles buffers.
+
+Up to ``engine.max_in_flight`` batches are outstanding, so a GPU engine copies batch N+1 while it
+computes batch N. The oldest is collected as soon as the engine is full or no new batch is waiting, so
+a lull never holds a finished batch back.
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from collections import deque
+from typing import Any
 
 from pipelines.engines.base import Engine
 from pipelines.frames import Batch, EndOfStream
@@ -24,30 +31,43 @@ class InferenceStage(Stage):
         self._streams = len(streams)
         self._counters = {s: metrics.counter_for(s, "inference") for s in streams}
         self._batch_size = metrics.batch_size
+        self._pending: deque[tuple[Batch, Any, float]] = deque()
 
     def loop(self) -> None:
         open_streams = self._streams
-        while open_streams:
+        while open_streams or self._pending:
+            if self._pending and (not open_streams or len(self._pending) >= self._engine.max_in_flight
+                                  or self._in.empty()):
+                if not self._collect():
+                    return
+                continue
             item = get(self._in, self.abort)
             if item is None:
                 return
             if isinstance(item, EndOfStream):
+                while self._pending:  # everything of this stream before its end marker goes first
+                    if not self._collect():
+                        return
                 put(self._out, item, self.abort)
                 open_streams -= 1
                 continue
-            self._run(item)
-            if not put(self._out, item, self.abort):
-                return
+            start = time.perf_counter()
+            try:
+                handle = self._engine.submit(item.buffer.array, len(item.frames))
+            except BaseException:
+                self._pool.release(item.buffer)
+                raise
+            self._pending.append((item, handle, start))
 
-    def _run(self, batch: Batch) -> None:
-        count = len(batch.frames)
-        start = time.perf_counter()
+    def _collect(self) -> bool:
+        batch, handle, start = self._pending.popleft()
         try:
-            batch.scores = self._engine.infer(batch.buffer.array, count)
+            batch.scores = self._engine.result(handle)
         finally:
             self._pool.release(batch.buffer)
         end = time.perf_counter()
-        self._batch_size.observe(count)
+        self._batch_size.observe(len(batch.frames))
         for frame in batch.frames:
             frame.times.inference_start, frame.times.inference_end = start, end
             self._counters[frame.stream_id].inc()
+        return put(self._out, batch, self.abort)

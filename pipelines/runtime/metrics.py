@@ -35,6 +35,12 @@ class PipelineMetrics:
         self.streams_ended = Counter(
             f"{PREFIX}_streams_ended", "Sources that reached their end.", ["stream"], registry=r)
         self.model = Info(f"{PREFIX}_model", "The model and engine in use.", registry=r)
+        self.compile_seconds = Gauge(
+            f"{PREFIX}_engine_compile_seconds", "How long the engine compiled at start-up (0: loaded from cache).",
+            registry=r)
+        self.program_cache = Counter(
+            f"{PREFIX}_engine_program_cache", "Compiled-program cache lookups at start-up, by outcome.",
+            ["outcome"], registry=r)
 
     def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
         """Report ``depth()`` as the queue's depth at scrape time."""

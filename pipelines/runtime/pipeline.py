@@ -43,7 +43,7 @@ class Pipeline:
         captured: queue.Queue = queue.Queue(maxsize=config.capture_queue)
         batches: queue.Queue = queue.Queue(maxsize=config.input_buffers)
         results: queue.Queue = queue.Queue(maxsize=config.input_buffers)
-        self.pool = BufferPool(config.input_buffers, engine.batch_size, info.input_size)
+        self.pool = BufferPool(engine.input_buffers(config.input_buffers))
         self.inference = InferenceStage(batches, results, engine, self.pool, streams, self._abort, metrics)
         self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id, streams,
                                   self._abort, metrics)
