@@ -40,7 +40,7 @@ def solid_frames(colours_rgb: list[tuple[int, int, int]], size_hw: tuple[int, in
 
 
 def daemon_config(model: Path, videos: dict[str, Path], zmq_port: int, metrics_port: int,
-                  exit_when_done: bool, batch_size: int = 4) -> str:
+                  exit_when_done: bool, batch_size: int = 4, engine: str = "") -> str:
     """A daemon config for tests: every source a file, one subscriber awaited before starting."""
     sources = "".join(f'\n[[sources]]\nid = "{sid}"\npath = "{path}"\n' for sid, path in videos.items())
     return f"""
@@ -49,6 +49,7 @@ path = "{model}"
 
 [engine]
 batch_size = {batch_size}
+{engine}
 
 [pipeline]
 exit_when_sources_end = {str(exit_when_done).lower()}
@@ -77,14 +78,15 @@ def colour_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class DaemonProcess:
     """``python -m daemon`` in a subprocess, with its stdout/stderr in files for the assertions."""
 
-    def __init__(self, workdir: Path, config_text: str) -> None:
+    def __init__(self, workdir: Path, config_text: str, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.config = workdir / "daemon.toml"
         self.config.write_text(config_text)
         self.stdout_path, self.stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> DaemonProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(self.config)],
                                             cwd=REPO, stdout=out, stderr=err, env=env)
@@ -128,8 +130,8 @@ def daemon_process(tmp_path: Path) -> Iterator[type[DaemonProcess]]:
     """A factory of daemon subprocesses that are all killed at the end of the test."""
     started: list[DaemonProcess] = []
 
-    def make(config_text: str) -> DaemonProcess:
-        proc = DaemonProcess(tmp_path, config_text)
+    def make(config_text: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        proc = DaemonProcess(tmp_path, config_text, env)
         started.append(proc)
         return proc
 

@@ -35,22 +35,35 @@ def colour_model_info(input_hw: tuple[int, int] = (32, 32), batch: int | None = 
     )
 
 
-def colour_model(path: Path, info: ModelInfo | None = None, with_metadata: bool = True) -> Path:
-    """Write the colour classifier to ``path`` and return it."""
+def colour_model(path: Path, info: ModelInfo | None = None, with_metadata: bool = True,
+                 shape_derived_pad: bool = False) -> Path:
+    """Write the colour classifier to ``path`` and return it.
+
+    ``shape_derived_pad`` adds a zero Pad whose pads are computed from the input's Shape: harmless for
+    ONNX Runtime, refused by MIGraphX's parser (pads must be constant), as an unfolded timm export was.
+    """
     info = info or colour_model_info()
     batch_dim: int | str = info.batch if info.batch is not None else "batch"
     # Each class scores its own channel and penalises the other two.
     weights = (np.eye(3, dtype=np.float32) * 3.0 - 1.0).T
+    pad_nodes = [
+        helper.make_node("Shape", ["input"], ["shape"]),
+        helper.make_node("Mul", ["shape", "zero"], ["zeros4"]),
+        helper.make_node("Concat", ["zeros4", "zeros4"], ["pads"], axis=0),
+        helper.make_node("Pad", ["input", "pads"], ["padded"]),
+    ] if shape_derived_pad else []
     graph = helper.make_graph(
         [
-            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            *pad_nodes,
+            helper.make_node("GlobalAveragePool", ["padded" if shape_derived_pad else "input"], ["pooled"]),
             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
             helper.make_node("MatMul", ["flat", "weights"], ["logits"]),
         ],
         "colour_mean",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch_dim, *info.input_size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch_dim, 3])],
-        initializer=[numpy_helper.from_array(weights, "weights")],
+        initializer=[numpy_helper.from_array(weights, "weights"),
+                     *([numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")] if shape_derived_pad else [])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from pipelines.model_info import model_id, read_model_info
 from tests.conftest import REPO, SHAPES_MODEL, daemon_config, free_port
@@ -20,7 +21,20 @@ from tools.synthetic_shapes import LABELS
 SCHEMA_PATH = REPO / "pipelines" / "publishers" / "label_message.schema.json"
 
 
-def test_trained_model_labels_every_frame_right(tmp_path: Path, daemon_process) -> None:
+DOUBLES_ENV = {"PYTHONPATH": str(REPO / "tests" / "doubles")}
+
+
+def migraphx_double_engine(cache_dir: Path, engine_type: str = "migraphx") -> str:
+    """[engine] lines for MIGraphX on the test doubles (the subprocess gets PYTHONPATH=tests/doubles)."""
+    return f'''type = "{engine_type}"
+[engine.migraphx]
+hip_library = "python:hip_runtime"
+cache_dir = "{cache_dir}"
+'''
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "migraphx-double"])
+def test_trained_model_labels_every_frame_right(tmp_path: Path, daemon_process, engine: str) -> None:
     info = read_model_info(SHAPES_MODEL)
     assert info.labels == LABELS
     expected_model_id = model_id(SHAPES_MODEL, info)
@@ -29,8 +43,12 @@ def test_trained_model_labels_every_frame_right(tmp_path: Path, daemon_process) 
                        fps=30.0, seed=424242)
     zmq_port, metrics_port = free_port(), free_port()
     subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
-    daemon = daemon_process(daemon_config(SHAPES_MODEL, {"shapes": tmp_path / "shapes.mp4"}, zmq_port,
-                                          metrics_port, exit_when_done=False)).start()
+    double = engine == "migraphx-double"
+    daemon = daemon_process(
+        daemon_config(SHAPES_MODEL, {"shapes": tmp_path / "shapes.mp4"}, zmq_port, metrics_port,
+                      exit_when_done=False,
+                      engine=migraphx_double_engine(tmp_path / "cache") if double else 'type = "onnxruntime"'),
+        env=DOUBLES_ENV if double else None).start()
     try:
         messages = [m for _, m in subscriber.receive_until(lambda m: len(m) >= len(truth), timeout_s=120)]
         daemon.wait_for_log("all streams ended", timeout_s=30)
@@ -61,6 +79,11 @@ def test_trained_model_labels_every_frame_right(tmp_path: Path, daemon_process) 
     batches = metrics[("nfnet_stream_inference_batch_frames_sum", ())]
     assert batches == len(truth), "every frame went through exactly one inference batch"
     assert metrics[("nfnet_stream_streams_ended_total", (("stream", "shapes"),))] == 1
+    model_info_labels = dict(next(key for key in metrics if key[0] == "nfnet_stream_model_info")[1])
+    assert model_info_labels["engine"] == ("migraphx" if double else "onnxruntime")
+    if double:
+        assert metrics[("nfnet_stream_engine_program_cache_total", (("outcome", "miss"),))] == 1
+        assert metrics[("nfnet_stream_engine_compile_seconds", ())] > 0
     assert "Traceback" not in daemon.stderr
 
 
@@ -79,3 +102,26 @@ def test_readme_demo_command_labels_the_bundled_video(tmp_path: Path) -> None:
     assert len(lines) == len(truth)
     right = sum(f"  {label} " in line for line, label in zip(lines, truth, strict=True))
     assert right / len(truth) >= 0.99, f"{right}/{len(truth)} right:\n" + "\n".join(lines[:20])
+
+
+@pytest.mark.parametrize("doubles", [True, False], ids=["gpu-visible", "no-migraphx"])
+def test_auto_engine_choice_and_compiled_program_cache(tmp_path: Path, daemon_process, doubles: bool) -> None:
+    """auto takes MIGraphX where it imports and sees a GPU (here: the doubles), else ONNX Runtime, and
+    says why; on MIGraphX a restart loads the compiled program instead of compiling again."""
+    make_video(tmp_path / "short.mp4", frames=12, frames_per_class=3, size_hw=(120, 160), fps=25.0, seed=5)
+    zmq_port = free_port()
+    config = daemon_config(SHAPES_MODEL, {"short": tmp_path / "short.mp4"}, zmq_port, 0, exit_when_done=True,
+                           engine=migraphx_double_engine(tmp_path / "cache", engine_type="auto"))
+    for run, expected_cache in enumerate(("miss", "hit") if doubles else ("",)):
+        subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
+        try:
+            daemon = daemon_process(config, env=DOUBLES_ENV if doubles else None).start()
+            assert daemon.wait(timeout_s=120) == 0, daemon.stderr
+            assert len(subscriber.receive_until(lambda m: len(m) >= 12, timeout_s=10)) == 12
+        finally:
+            subscriber.close()
+        if doubles:
+            assert "engine auto: MIGraphX" in daemon.stderr
+            assert f"compiled program: cache {expected_cache}" in daemon.stderr, (run, daemon.stderr)
+        else:
+            assert "engine auto: ONNX Runtime, because MIGraphX is not importable" in daemon.stderr

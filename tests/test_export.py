@@ -21,6 +21,7 @@ from torch import nn
 
 import tools.export_onnx as export_onnx
 from pipelines.model_info import ModelInfo, WeightSource, read_model_info
+from tests.nfnet_models import exercise_all_branches
 from tools.export_onnx import (
     ExportError,
     check_graph,
@@ -49,23 +50,6 @@ TINY_SAME_CFG = NfCfg(  # dm_nfnet-style (same padding, gamma in act, skipinit, 
     attn_layer="se",
     attn_kwargs={"rd_ratio": 0.5},
 )
-
-
-def exercise_all_branches(model: nn.Module, seed: int = 0) -> nn.Module:
-    """timm's NFNet init zeroes residual branches (gain 0 or skipinit 0) and biases and makes tiny
-    logits; randomise those so that every layer — and so every folding mistake — shows in the logits."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("skipinit_gain"):
-                param.fill_(1.0)
-            elif name.endswith(".gain"):
-                param.copy_(torch.rand(param.shape, generator=generator) + 0.5)
-            elif name.endswith(".bias"):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-            elif name.endswith("fc.weight"):
-                param.mul_(20.0)
-    return model.eval()
 
 
 def op_types(path: Path) -> set[str]:

@@ -98,7 +98,7 @@ class MigraphxEngine(Engine):
         self.batch_size = resolve_batch(model_path, info.batch, config.batch_size)
         self.max_in_flight = 2 if self._gpu else 1
         self._hip = open_gpu(options.hip_library, options.device) if self._gpu else None
-        self._input_name = _graph_input_name(model_path)
+        self._input_name = _graph_input_name(model_path, info)
         self._slots: dict[int, _Slot] = {}
         self._streams: list[int] = []
 
@@ -248,12 +248,20 @@ def _float32_view(address: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.ctypeslib.as_array((ctypes.c_float * elements).from_address(address)).reshape(shape)
 
 
-def _graph_input_name(model_path: Path) -> str:
+def _graph_input_name(model_path: Path, info: ModelInfo) -> str:
+    """The graph's one input, after checking that its declared (C, H, W) is the metadata's.
+
+    ``map_input_dims`` would silently override the graph's own dims, so the check has to come first.
+    """
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     initializers = {init.name for init in graph.initializer}
-    names = [value.name for value in graph.input if value.name not in initializers]
-    if len(names) != 1:
-        raise EngineError(f"{model_path}: expected one graph input, found {names}")
-    return names[0]
+    inputs = [value for value in graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise EngineError(f"{model_path}: expected one graph input, found {[v.name for v in inputs]}")
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
+    if dims[1:] != list(info.input_size):
+        raise EngineError(f"{model_path}: graph input shape {dims} does not match the metadata's "
+                          f"input_size {list(info.input_size)}")
+    return inputs[0].name

@@ -1,0 +1,1 @@
+"""Strict test doubles of the HIP runtime and of the ``migraphx`` module (see README.md)."""

@@ -1,0 +1,796 @@
+"""A test double of the ``migraphx`` Python module (MIGraphX 2.15, GPU build), on ONNX Runtime (CPU).
+
+Importable as ``migraphx`` when ``tests/doubles`` is on ``sys.path``. The ``gpu`` target runs on the
+simulated device of ``tests/doubles/device.py`` (shared with the HIP runtime double); ``ref`` runs on
+the host. Numerics come from ONNX Runtime on the same ONNX file.
+
+Sources: upstream AMDMIGraphX ``src/py/migraphx_py.cpp`` (the bindings; the revision read has
+``run_async``), ``src/program.cpp`` (``generic_eval``, ``program::eval``, ``program::compile``),
+``src/targets/gpu/hip.cpp``, ``src/targets/gpu/sync_device.cpp``, ``src/onnx/onnx.cpp``, the gpu
+``context.hpp`` (``wait_for``/``finish_on``), and ``/work/shared/MIGRAPHX_FACTS.md`` ("FACTS" below).
+Each strict rule names its source where it is implemented. Where the double is stricter than the
+real module it says so: it raises where the real module would crash, corrupt, or read garbage.
+
+Not modelled: dynamic shapes, ``quantize_int8``/``quantize_bf16``, ``ins_names`` other than
+``["all"]``, the ``cpu`` target (``get_target("cpu")`` fails as in a build without it), sub-graph ops'
+fp16 rounding, the buffer protocol on ``argument`` (``np.array``/``np.asarray`` work through
+``__array__``; ``memoryview(arg)`` does not), and the GIL: the real bindings never release it, so a
+synchronous ``run()`` blocks every Python thread (FACTS); here ``run()`` only holds a lock that other
+``migraphx`` calls need, and other Python threads keep running.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import struct
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+try:  # one device per process, whichever way the doubles were imported (see device.py)
+    from tests.doubles.device import DEVICE, Mark, MemoryKind, OutOfDeviceMemory, Stream, error_string
+except ImportError:
+    from device import DEVICE, Mark, MemoryKind, OutOfDeviceMemory, Stream, error_string  # type: ignore[no-redef]
+
+__version__ = "2.15.0-double"
+
+# Stands in for the GIL, which the real bindings hold for a whole call (FACTS, "Compiling and running").
+_BINDINGS_LOCK = threading.RLock()
+_OUTPUT_PARAMETER = "main:#output_{}"
+_PROGRAM_FILE_VERSION = 7  # program_file_version in src/program.cpp
+_MIGRAPHX_VERSION = "2.15.0"
+
+# ---------------------------------------------------------------------------------------------------------
+# shapes
+
+# shape::type_t, in MIGRAPHX_SHAPE_VISIT_TYPES order (src/include/migraphx/shape.hpp).
+_TYPES: tuple[tuple[str, str, type[np.generic]], ...] = (
+    ("bool_type", "bool", np.bool_),
+    ("half_type", "half", np.float16),
+    ("float_type", "float", np.float32),
+    ("double_type", "double", np.float64),
+    ("uint8_type", "uint8_t", np.uint8),
+    ("int8_type", "int8_t", np.int8),
+    ("uint16_type", "uint16_t", np.uint16),
+    ("int16_type", "int16_t", np.int16),
+    ("int32_type", "int32_t", np.int32),
+    ("int64_type", "int64_t", np.int64),
+    ("uint32_type", "uint32_t", np.uint32),
+    ("uint64_type", "uint64_t", np.uint64),
+)
+_type_t = enum.Enum("type_t", [(name, index) for index, (name, _, _) in enumerate(_TYPES)])  # type: ignore[misc]
+_DTYPES = {_type_t[name]: np.dtype(dtype) for name, _, dtype in _TYPES}
+_BY_NAME = {alias: _type_t[name] for name, c_name, _ in _TYPES for alias in (name, name.removesuffix("_type"), c_name)}
+
+
+class _DynamicDimension:
+    """``shape.dynamic_dimension(min, max, optimals)``; only so that parse_onnx can check its options."""
+
+    def __init__(self, min: int = 0, max: int = 0, optimals: Sequence[int] = ()) -> None:
+        self.min, self.max, self.optimals = min, max, set(optimals)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _DynamicDimension) and self._key() == other._key()
+
+    def _key(self) -> tuple[int, int, set[int]]:
+        return self.min, self.max, self.optimals
+
+    def is_fixed(self) -> bool:
+        return self.min == self.max
+
+
+def _standard_strides(lens: Sequence[int]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for length in reversed(lens):
+        strides.append(step)
+        step *= max(length, 1)
+    return tuple(reversed(strides))
+
+
+class shape:
+    """``migraphx.shape(type="float_type", lens=[...], strides=[...])`` (migraphx_py.cpp, shape __init__)."""
+
+    type_t = _type_t
+    dynamic_dimension = _DynamicDimension
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "dyn_dims" in kwargs:
+            raise NotImplementedError("the migraphx double does not model dynamic shapes")
+        unknown = set(kwargs) - {"type", "lens", "strides"}
+        if unknown:
+            raise TypeError(f"shape(): unexpected keywords {sorted(unknown)}")
+        type_name = kwargs.get("type", "float")
+        if type_name not in _BY_NAME:
+            raise RuntimeError(f"Unknown type: {type_name}")
+        self._type = _BY_NAME[type_name]
+        self._lens = tuple(int(n) for n in kwargs.get("lens", [1]))
+        strides = kwargs.get("strides")
+        self._strides = tuple(int(n) for n in strides) if strides is not None else _standard_strides(self._lens)
+
+    @classmethod
+    def _of_array(cls, array: np.ndarray) -> shape:
+        """The shape ``to_shape`` (migraphx_py.cpp) gives a buffer: its type, lens and element strides."""
+        matches = [t for t, dtype in _DTYPES.items() if dtype == array.dtype]
+        if not matches or not array.dtype.isnative:
+            raise RuntimeError(f"MIGRAPHX PYTHON: Unsupported data type {array.dtype.char}")
+        itemsize = array.dtype.itemsize
+        return cls(type=matches[0].name, lens=array.shape, strides=[s // itemsize for s in array.strides])
+
+    def type(self) -> Any:
+        return self._type
+
+    def type_string(self) -> str:
+        return self._type.name
+
+    def lens(self) -> list[int]:
+        return list(self._lens)
+
+    def strides(self) -> list[int]:
+        return list(self._strides)
+
+    def ndim(self) -> int:
+        return len(self._lens)
+
+    def elements(self) -> int:
+        return int(np.prod(self._lens, dtype=np.int64))
+
+    def type_size(self) -> int:
+        return _DTYPES[self._type].itemsize
+
+    def bytes(self) -> int:
+        """Bytes spanned: (element space) x (type size), as shape::bytes."""
+        if self.elements() == 0:
+            return 0
+        return (1 + sum((n - 1) * s for n, s in zip(self._lens, self._strides, strict=True))) * self.type_size()
+
+    def standard(self) -> bool:
+        return self._strides == _standard_strides(self._lens)
+
+    @property
+    def _dtype(self) -> np.dtype:
+        return _DTYPES[self._type]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, shape) and self._key() == other._key()
+
+    def _key(self) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
+        return self._type, self._lens, self._strides
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:  # to_string(shape), as in the "Incorrect shape" message
+        def braces(values: Sequence[int]) -> str:
+            return "{" + ", ".join(map(str, values)) + "}"
+
+        return f"{self._type.name}, {braces(self._lens)}, {braces(self._strides)}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# arguments
+
+
+def _owner(array: np.ndarray) -> weakref.ref | None:
+    """A weak reference to the object owning ``array``'s memory, to tell when it has been freed."""
+    owner: Any = array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    try:
+        return weakref.ref(owner)
+    except TypeError:
+        return None
+
+
+class argument:
+    """Data with a shape, wrapped without copying (migraphx_py.cpp: ``argument(to_shape(info), info.ptr)``).
+
+    Like the real one it does NOT keep the wrapped buffer alive (FACTS, "Compiling and running").
+    Stricter than real: using an argument whose host buffer has been freed raises instead of reading
+    freed memory, and ``np.asarray`` on an argument in device memory raises instead of handing numpy a
+    device pointer.
+    """
+
+    def __init__(self, buffer: Any) -> None:
+        try:
+            memoryview(buffer)
+        except TypeError:
+            raise TypeError(f"argument(): incompatible constructor arguments: {type(buffer)} is not a buffer") from None
+        array = np.asarray(buffer)
+        self._shape = shape._of_array(array)
+        self._address = int(array.__array_interface__["data"][0])
+        self._source = _owner(array)
+        self._keepalive: Any = None
+
+    @classmethod
+    def _wrap(cls, s: shape, address: int, keepalive: Any = None) -> argument:
+        arg = cls.__new__(cls)
+        arg._shape, arg._address, arg._source, arg._keepalive = s, address, None, keepalive
+        return arg
+
+    def get_shape(self) -> shape:
+        return self._shape
+
+    def data_ptr(self) -> int:
+        return self._address
+
+    def tolist(self) -> list[Any]:
+        return np.asarray(self).ravel().tolist()
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        region = DEVICE.region(self._address, self._shape.bytes())
+        if region is None or region.kind is MemoryKind.DEVICE:
+            where = "device memory" if region else "memory that is not allocated"
+            raise RuntimeError(
+                f"migraphx double: this argument is in {where}; copy it to the host first (hipMemcpyAsync, "
+                "migraphx.from_gpu). The real module hands numpy the raw pointer, and reading it crashes."
+            )
+        self._check_alive()
+        view = self._view()
+        view = view.astype(dtype, copy=False) if dtype is not None else view
+        return view.copy() if copy else view
+
+    def __repr__(self) -> str:
+        return f"<migraphx.argument {self._shape!r} at {self._address:#x}>"
+
+    def _check_alive(self) -> None:
+        if self._source is not None and self._source() is None:
+            raise RuntimeError(
+                "migraphx double: the buffer behind this argument has been freed; migraphx.argument wraps "
+                "memory without keeping it alive (migraphx_py.cpp, argument __init__): keep the array alive"
+            )
+
+    def _view(self) -> np.ndarray:
+        """The live data (not a copy), with this argument's shape and strides."""
+        if isinstance(self._keepalive, np.ndarray):
+            memory = memoryview(self._keepalive).cast("B")  # the view then keeps the owner alive
+        else:
+            memory = DEVICE.memory(self._address, self._shape.bytes())
+        s = self._shape
+        flat = np.frombuffer(memory, dtype=s._dtype, count=s.bytes() // s.type_size())
+        return np.lib.stride_tricks.as_strided(flat, s.lens(), [n * s.type_size() for n in s.strides()])
+
+    def _read(self) -> np.ndarray:
+        """A copy of the current contents (what a kernel reads when it runs)."""
+        return self._view().copy()
+
+    def _write(self, values: np.ndarray) -> None:
+        self._view()[...] = values
+
+
+def argument_from_pointer(shape: shape, address: int) -> argument:
+    """Wrap ``address`` without copying or checking it (migraphx_py.cpp: ``int64_t address``)."""
+    if isinstance(address, bool) or not isinstance(address, int) or not -(2**63) <= address < 2**63:
+        raise TypeError("argument_from_pointer(): incompatible function arguments (address must fit int64_t)")
+    return argument._wrap(shape, address)
+
+
+def _memory_kind(arg: argument) -> MemoryKind | None:
+    """Where the argument's bytes are; None if that is not valid memory."""
+    region = DEVICE.region(arg.data_ptr(), arg.get_shape().bytes())
+    return region.kind if region else None
+
+
+def _as_argument(value: Any) -> argument:
+    """What ``run`` does with each parameter value: ``x.second.cast<py::buffer>()``, then wrap it."""
+    if isinstance(value, argument):
+        return value
+    try:
+        return argument(value)
+    except TypeError:
+        message = f"Unable to cast Python instance of type {type(value)} to C++ type 'pybind11::buffer'"
+        raise RuntimeError(message) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# targets
+
+
+class target:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"<migraphx.target {self._name}>"
+
+
+def get_target(name: str) -> target:
+    """``ref`` and ``gpu``; any other raises as in a build without that target (FACTS, "Compiling and running")."""
+    if name not in ("ref", "gpu"):
+        raise RuntimeError(f"register_target: could not load target '{name}': cannot open libmigraphx_{name}.so")
+    return target(name)
+
+
+def _require_device() -> None:
+    """Creating a gpu context needs a visible device."""
+    if DEVICE.device_count == 0:
+        raise RuntimeError(f"Error setting device: {error_string(100)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the model behind a program
+
+
+def _set_input_dims(model: onnx.ModelProto, default_dim_value: int, map_input_dims: dict[str, Sequence[int]]) -> None:
+    """Fix every input's dims: ``map_input_dims`` first (it overrides fixed dims too), else symbolic dims
+    become ``default_dim_value``, or 1 (FACTS, "Parsing")."""
+    initializers = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if value.name in map_input_dims:
+            del dims[:]
+            for n in map_input_dims[value.name]:
+                dims.add().dim_value = int(n)
+            continue
+        for dim in dims:
+            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+                dim.dim_value = default_dim_value or 1
+
+
+def _check_pads_constant(model: onnx.ModelProto) -> None:
+    """FACTS, "Parsing": a Pad whose pads are not constant at parse time fails."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    for node in model.graph.node:
+        if node.op_type == "Pad" and len(node.input) > 1 and node.input[1] not in constants:
+            raise RuntimeError("PARSE_PAD: `pads` input must be constant")
+
+
+def _signature(model: onnx.ModelProto) -> tuple[dict[str, shape], list[shape]]:
+    """Input shapes (in graph order) and output shapes (by ONNX shape inference on the fixed inputs)."""
+
+    def shape_of(value: onnx.ValueInfoProto) -> shape:
+        tensor = value.type.tensor_type
+        if any(not d.HasField("dim_value") for d in tensor.shape.dim):
+            raise RuntimeError(f"migraphx double: cannot infer a static shape for '{value.name}'")
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        type_name = next(t.name for t, d in _DTYPES.items() if d == dtype)
+        return shape(type=type_name, lens=[d.dim_value for d in tensor.shape.dim])
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for value in probe.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    del probe.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True, data_prop=True)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = {v.name: shape_of(v) for v in model.graph.input if v.name not in initializers}
+    return inputs, [shape_of(v) for v in inferred.graph.output]
+
+
+def _fp16_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The numerics of ``quantize_fp16``: float weights, inputs and every float activation rounded to
+    float16 (a Cast to float16 and back after each), computed in float32 by ONNX Runtime.
+
+    Inputs and outputs stay float32 (FACTS, "Quantisation and saving"); the differences from float32
+    come out around 1e-3, like fp16 vs fp32 on the real reference target (FACTS: about 2.5e-3).
+    """
+    element_types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*onnx.shape_inference.infer_shapes(model).graph.value_info, *model.graph.output, *model.graph.input)
+    }
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT:
+            rounded = numpy_helper.to_array(init).astype(np.float16).astype(np.float32)
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(rounded, init.name))
+
+    def round_trip(source: str, target_name: str) -> list[onnx.NodeProto]:
+        return [
+            helper.make_node("Cast", [source], [f"{target_name}/fp16"], to=TensorProto.FLOAT16),
+            helper.make_node("Cast", [f"{target_name}/fp16"], [target_name], to=TensorProto.FLOAT),
+        ]
+
+    initializers = {i.name for i in graph.initializer}
+    renamed: dict[str, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    for value in graph.input:
+        if value.name not in initializers and value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            renamed[value.name] = f"{value.name}/rounded"
+            nodes += round_trip(value.name, renamed[value.name])
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renamed.get(name, name)
+        nodes.append(node)
+        for i, name in enumerate(node.output):
+            if element_types.get(name) == TensorProto.FLOAT:
+                node.output[i] = f"{name}/fp32"
+                nodes += round_trip(node.output[i], name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return result
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# programs
+
+
+class program:
+    """A parsed (then compiled) model."""
+
+    def __init__(self) -> None:
+        self._model: onnx.ModelProto | None = None
+        self._inputs: dict[str, shape] = {}
+        self._outputs: list[shape] = []
+        self._fp16 = False
+        self._target: str | None = None
+        self._offload_copy = True
+        self._session: ort.InferenceSession | None = None
+        self._scratch: list[np.ndarray] = []
+        self._stream_handle = 0
+        self._last_run: Mark | None = None
+
+    @classmethod
+    def _from_model(cls, model: onnx.ModelProto) -> program:
+        prog = cls()
+        prog._model = model
+        prog._inputs, prog._outputs = _signature(model)
+        return prog
+
+    # -- introspection ----------------------------------------------------------------------------------
+
+    def is_compiled(self) -> bool:
+        return self._target is not None
+
+    def get_parameter_shapes(self) -> dict[str, shape]:
+        """Inputs, plus ``main:#output_N`` for a gpu program compiled with offload_copy=False (FACTS)."""
+        return dict(self._parameters())
+
+    def get_parameter_names(self) -> list[str]:
+        return list(self._parameters())
+
+    def get_output_shapes(self) -> list[shape]:
+        return list(self._outputs)
+
+    @property
+    def _device_outputs(self) -> bool:
+        return self._target == "gpu" and not self._offload_copy
+
+    def _parameters(self) -> dict[str, shape]:
+        outputs = {_OUTPUT_PARAMETER.format(i): s for i, s in enumerate(self._outputs)} if self._device_outputs else {}
+        return {**self._inputs, **outputs}
+
+    # -- compiling --------------------------------------------------------------------------------------
+
+    def compile(
+        self, t: target, offload_copy: bool = True, fast_math: bool = True, exhaustive_tune: bool = False
+    ) -> None:
+        if not isinstance(t, target):
+            raise TypeError("compile(): incompatible function arguments")
+        # program::compile only asserts `not this->is_compiled()` (src/program.cpp); stricter: refuse.
+        if self.is_compiled():
+            raise RuntimeError("migraphx double: program is already compiled")
+        if self._model is None:
+            raise RuntimeError("migraphx double: compiling an empty program is not modelled")
+        self._finish_compile(t._name, bool(offload_copy))
+
+    def _finish_compile(self, target_name: str, offload_copy: bool) -> None:
+        """Compile (or, for a loaded program, restore) for ``target_name``; options are baked in (FACTS)."""
+        assert self._model is not None
+        if target_name == "gpu":
+            _require_device()
+            self._stream_handle = DEVICE.create_stream(0, "migraphx").handle  # the gpu context's own stream
+            weakref.finalize(self, DEVICE.destroy_stream, self._stream_handle)
+        self._session = _session(_fp16_model(self._model) if self._fp16 else self._model)
+        self._scratch = [np.full(s.lens(), np.nan, dtype=s._dtype) for s in self._outputs]
+        self._target, self._offload_copy = target_name, offload_copy
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    def run(self, params: dict[str, Any]) -> list[argument]:
+        """Evaluate. On gpu it runs on the program's own stream; with offload_copy=True it then waits for
+        the whole device (sync_device.cpp adds hip::sync_device, i.e. hipDeviceSynchronize, when the
+        outputs are copied back); with offload_copy=False it returns while the work is queued."""
+        with _BINDINGS_LOCK:
+            bound = self._bind(params)
+            if self._target != "gpu":
+                self._execution(bound, staged={})()
+                return self._results(bound)
+            stream = DEVICE.stream(self._stream_handle)
+            if stream is None:
+                raise RuntimeError("migraphx double: this program's gpu context is gone (device reset)")
+            self._launch(bound, stream)
+            if not self._device_outputs:
+                gpu_sync()
+            return self._results(bound)
+
+    def run_async(self, params: dict[str, Any], stream: int, stream_name: str) -> list[argument]:
+        """Queue an evaluation on the caller's HIP stream and return at once (FACTS: all three arguments
+        required, ``stream_name`` ``"ihipStream_t"``, no synchronisation). Results are not ready until
+        the stream has reached them."""
+        stream_is_uintptr = isinstance(stream, int) and not isinstance(stream, bool) and 0 <= stream < 2**64
+        if not stream_is_uintptr or not isinstance(stream_name, str):
+            raise TypeError("run_async(): incompatible function arguments (stream: int handle, stream_name: str)")
+        with _BINDINGS_LOCK:
+            bound = self._bind(params)
+            if self._target != "gpu":  # a host context's wait_for/finish_on are no-ops (context.hpp defaults)
+                self._execution(bound, staged={})()
+                return self._results(bound)
+            # context::wait_for does queue.get<hipStream_t>(), which checks the any_ptr's type name.
+            if stream_name != "ihipStream_t":
+                raise RuntimeError(f"any_ptr: type mismatch: expected ihipStream_t, got {stream_name!r}")
+            if stream == 0:
+                raise NotImplementedError("the migraphx double does not model the null stream")
+            caller = DEVICE.stream(stream)
+            if caller is None:  # context::wait_for: hipEventRecord on the caller's queue fails
+                raise RuntimeError(f"Failed to record: {error_string(400)}")
+            self._launch(bound, caller)
+            return self._results(bound)
+
+    def _bind(self, params: dict[str, Any]) -> dict[str, argument]:
+        if not self.is_compiled():
+            raise RuntimeError("migraphx double: running a program that is not compiled is not modelled")
+        if not isinstance(params, dict):
+            raise TypeError("run(): incompatible function arguments (params must be a dict)")
+        given = {}
+        for key, value in params.items():
+            if not isinstance(key, str):
+                raise RuntimeError(f"Unable to cast Python instance of type {type(key)} to C++ type 'std::string'")
+            given[key] = _as_argument(value)
+        bound = {}
+        # generic_eval, "@param" (src/program.cpp): every parameter must be given, with exactly the
+        # parameter's shape: type, lens and strides. No conversion (FACTS): float64, a wrong batch or a
+        # non-C-contiguous array fails here. Extra entries are ignored, as there.
+        for name, expected in self._parameters().items():
+            if name not in given:
+                raise RuntimeError(f"Parameter not found: {name}")
+            arg = given[name]
+            if arg.get_shape() != expected:
+                got = arg.get_shape()
+                raise RuntimeError(f"Incorrect shape {{{got!r}}} for parameter: {name} should be: {expected!r}")
+            self._check_memory(name, arg)
+            bound[name] = arg
+        return bound
+
+    def _check_memory(self, name: str, arg: argument) -> None:
+        """Where each parameter must live for this program to read (or write) it."""
+        kind = _memory_kind(arg)
+        if self._device_outputs:
+            # offload_copy=False: the GPU reads and writes the parameters directly (FACTS: the caller
+            # supplies device buffers). Pinned memory is device-accessible (HIP docs, hipHostMalloc).
+            # Stricter than real, which faults on the GPU or reads garbage: refuse anything else.
+            if kind not in (MemoryKind.DEVICE, MemoryKind.PINNED):
+                where = "unallocated (freed?) memory" if kind is None else "pageable host memory"
+                raise RuntimeError(
+                    f"migraphx double: parameter {name} is in {where}, but this program was compiled with "
+                    "offload_copy=False and reads it on the GPU: pass argument_from_pointer(shape, <hipMalloc address>)"
+                )
+        elif kind not in (MemoryKind.PINNED, MemoryKind.PAGEABLE):
+            if self._target == "gpu":  # hip_async_copy (hip.cpp): hipMemcpyAsync host->device rejects it
+                raise RuntimeError(f"Gpu copy failed: {error_string(1)}")
+            raise RuntimeError(f"migraphx double: parameter {name} is not host memory; ref would crash on it")
+        if kind is MemoryKind.PAGEABLE:
+            arg._check_alive()
+
+    def _launch(self, bound: dict[str, argument], stream: Stream) -> None:
+        """Queue one execution on ``stream``, after checking that it cannot overlap the previous one."""
+        if DEVICE.sticky_error:
+            raise RuntimeError(f"Failed to record: {error_string(DEVICE.sticky_error)}")
+        # FACTS: "One scratch buffer per program: only one execution per program object may be in
+        # flight." The real module does not check, and two unordered executions (e.g. run_async on two
+        # streams without an event between them) silently corrupt each other's scratch and outputs:
+        # where the gpu context runs kernels on its own stream between wait_for/finish_on events
+        # (context.hpp), they are serialised there but share the output buffers; where it submits to
+        # the caller's queue, they overlap outright. The double runs them on the caller's stream.
+        # Stricter: refuse, unless the previous execution is ordered before this one (same stream, a
+        # hipStreamWaitEvent on an event recorded after it, or the host having synchronised with it).
+        if self._last_run is not None and not DEVICE.ordered_before(self._last_run, stream):
+            raise RuntimeError(
+                "migraphx double: this program's previous execution may still be running on another stream; "
+                "only one execution per program may be in flight (MIGRAPHX_FACTS.md). Order them with an "
+                "event (hipEventRecord + hipStreamWaitEvent) or synchronise first."
+            )
+        # hipMemcpyAsync from pageable memory is staged at the call (HIP docs); pinned memory is read
+        # when the copy executes. With offload_copy=True the inputs are copied that way (hip.cpp).
+        staged = {
+            name: arg._read()
+            for name, arg in bound.items()
+            if name in self._inputs and _memory_kind(arg) is MemoryKind.PAGEABLE
+        }
+        self._last_run = DEVICE.enqueue(stream, self._execution(bound, staged))
+
+    def _execution(self, bound: dict[str, argument], staged: dict[str, np.ndarray]) -> Callable[[], None]:
+        """The kernel: read inputs from the caller's memory now (inputs are not copied at the call,
+        FACTS), compute, and write the outputs (device buffers, or the program's scratch)."""
+        session = self._session
+        assert session is not None
+        inputs = {name: arg for name, arg in bound.items() if name in self._inputs}
+        destinations = self._results(bound)
+
+        def execute() -> None:
+            feeds = {name: staged[name] if name in staged else arg._read() for name, arg in inputs.items()}
+            for value, destination in zip(session.run(None, feeds), destinations, strict=True):
+                destination._write(value)
+
+        return execute
+
+    def _scratch_arguments(self) -> list[argument]:
+        # FACTS: on the host targets the outputs live in the program's scratch, which the next run
+        # overwrites. The double applies this to every target (the stricter choice).
+        scratch = zip(self._outputs, self._scratch, strict=True)
+        return [argument._wrap(s, int(a.ctypes.data), keepalive=a) for s, a in scratch]
+
+    def _results(self, bound: dict[str, argument]) -> list[argument]:
+        if self._device_outputs:
+            return [bound[_OUTPUT_PARAMETER.format(i)] for i in range(len(self._outputs))]
+        return self._scratch_arguments()
+
+    def __repr__(self) -> str:
+        return f"<migraphx.program inputs={self._inputs} outputs={self._outputs} target={self._target}>"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# module functions
+
+
+def parse_onnx(
+    filename: str,
+    *,
+    default_dim_value: int = 0,
+    default_dyn_dim_value: _DynamicDimension | None = None,
+    dim_params: dict[str, Any] | None = None,
+    map_input_dims: dict[str, Sequence[int]] | None = None,
+    map_dyn_input_dims: dict[str, Any] | None = None,
+    skip_unknown_operators: bool = False,
+    print_program_on_error: bool = False,
+    max_loop_iterations: int = 10,
+    limit_max_iterations: int = 65535,
+) -> program:
+    """Parse an ONNX file (migraphx_py.cpp parse_onnx). Options after ``filename`` are keyword-only here
+    (stricter: their positional order differs between releases)."""
+    default_dyn_dim_value = default_dyn_dim_value or _DynamicDimension(1, 1)
+    # parse_onnx_from (src/onnx/onnx.cpp): the conflicting-options errors, verbatim.
+    if default_dim_value != 0 and default_dyn_dim_value != _DynamicDimension(1, 1):
+        raise RuntimeError("PARSE_ONNX_FROM: both default_dim_value and default_dyn_dim_valueset to non-default value")
+    if map_input_dims and map_dyn_input_dims:
+        raise RuntimeError(
+            "PARSE_ONNX_FROM: both map_input_dims and map_dyn_input_dims non-empty, onlyone should be used"
+        )
+    if default_dyn_dim_value != _DynamicDimension(1, 1) or map_dyn_input_dims or dim_params:
+        raise NotImplementedError("the migraphx double does not model dynamic shapes")
+    try:
+        model = onnx.load(filename)  # external data is read relative to the model's folder (FACTS)
+    except Exception as exc:
+        raise RuntimeError(f"PARSE_ONNX: cannot read {filename}: {exc}") from exc
+    _check_pads_constant(model)
+    _set_input_dims(model, default_dim_value, map_input_dims or {})
+    return program._from_model(model)
+
+
+def quantize_fp16(prog: program, ins_names: Sequence[str] = ("all",)) -> None:
+    """Make ``prog`` compute in fp16, in place, before compile (FACTS); see ``_fp16_model``."""
+    if not isinstance(prog, program):
+        raise TypeError("quantize_fp16(): incompatible function arguments")
+    if list(ins_names) != ["all"]:
+        raise NotImplementedError("the migraphx double models quantize_fp16(prog, ins_names=['all']) only")
+    if prog.is_compiled():
+        raise RuntimeError("migraphx double: quantize_fp16 after compile is not modelled (quantize before compile)")
+    prog._fp16 = True
+
+
+_MSGPACK_MAGIC = b"\xdeMXR-double-msgpack\x00"
+
+
+def save(p: program, filename: str, format: str = "msgpack") -> None:
+    """Write the program with its compile options baked in (FACTS). The double's files are its own: a
+    JSON document for ``json``, a framed binary for ``msgpack``, so each fails to load as the other."""
+    if not isinstance(p, program) or p._model is None:
+        raise TypeError("save(): incompatible function arguments")
+    payload = json.dumps(
+        {
+            "version": _PROGRAM_FILE_VERSION,
+            "migraphx_version": _MIGRAPHX_VERSION,
+            "target": p._target,
+            "offload_copy": p._offload_copy,
+            "fp16": p._fp16,
+            "model": base64.b64encode(p._model.SerializeToString()).decode(),
+        }
+    ).encode()
+    if format == "json":
+        data = payload
+    elif format == "msgpack":
+        data = _MSGPACK_MAGIC + struct.pack("<Q", len(payload)) + payload
+    else:
+        raise RuntimeError(f"Unknown format: {format}")  # src/load_save.cpp
+    with open(filename, "wb") as file:
+        file.write(data)
+
+
+def load(filename: str, format: str = "msgpack") -> program:
+    """Read a saved program; a compiled one runs without compiling again (FACTS). A different format than
+    it was saved with, or a truncated or corrupt file, raises RuntimeError."""
+    if format not in ("json", "msgpack"):
+        raise RuntimeError(f"Unknown format: {format}")
+    with open(filename, "rb") as file:
+        data = file.read()
+    try:
+        if format == "msgpack":
+            start = len(_MSGPACK_MAGIC)
+            magic, size, data = data[:start], data[start : start + 8], data[start + 8 :]
+            if magic != _MSGPACK_MAGIC or len(size) != 8 or struct.unpack("<Q", size)[0] != len(data):
+                raise ValueError("not a complete msgpack program file")
+        saved = json.loads(data)
+        if saved["version"] != _PROGRAM_FILE_VERSION:
+            raise ValueError(f"program file version {saved['version']}, expected {_PROGRAM_FILE_VERSION}")
+        prog = program._from_model(onnx.load_from_string(base64.b64decode(saved["model"], validate=True)))
+    except Exception as exc:
+        raise RuntimeError(f"migraphx double: cannot load {filename} as {format}: {exc}") from exc
+    prog._fp16 = bool(saved["fp16"])
+    if saved["target"] is not None:
+        prog._finish_compile(saved["target"], bool(saved["offload_copy"]))
+    return prog
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU helpers (GPU builds only; all synchronous: FACTS, "GPU helpers")
+
+
+class _GpuBuffer:
+    """Owns a helper's allocation: it is freed when the last argument using it is collected."""
+
+
+def _allocate(nbytes: int, host: bool) -> tuple[int, _GpuBuffer]:
+    """allocate_gpu (hip.cpp): refuse more than the free memory, else hipMalloc, falling back to
+    hipHostMalloc when that fails. Returns the address and an object that frees it when collected."""
+    _require_device()
+    free = None if DEVICE.device_memory_bytes is None else DEVICE.device_memory_bytes - DEVICE.device_bytes_in_use
+    if free is not None and nbytes > free:
+        raise RuntimeError(f"Memory not available to allocate buffer: {nbytes}")
+    kind = MemoryKind.PINNED if host else MemoryKind.DEVICE
+    try:
+        address = DEVICE.allocate(kind, nbytes, "migraphx")
+    except OutOfDeviceMemory:
+        kind, address = MemoryKind.PINNED, DEVICE.allocate(MemoryKind.PINNED, nbytes, "migraphx")
+    owner = _GpuBuffer()
+    weakref.finalize(owner, DEVICE.free, kind, address)
+    return address, owner
+
+
+def allocate_gpu(s: shape, host: bool = False) -> argument:
+    address, owner = _allocate(s.bytes() + 1, host)  # hip.cpp allocates s.bytes() + 1
+    return argument._wrap(s, address, keepalive=owner)
+
+
+def to_gpu(arg: argument, host: bool = False) -> argument:
+    """Synchronise the device, allocate, copy (hip.cpp write_to_gpu)."""
+    gpu_sync()
+    if _memory_kind(arg) not in (MemoryKind.PINNED, MemoryKind.PAGEABLE):
+        raise RuntimeError(f"Copy to gpu failed: {error_string(1)}")
+    result = allocate_gpu(arg.get_shape(), host)
+    result._write(arg._read())
+    return result
+
+
+def from_gpu(arg: argument) -> argument:
+    """Synchronise the device and copy to a new host buffer (hip.cpp read_from_gpu)."""
+    gpu_sync()
+    if _memory_kind(arg) is not MemoryKind.DEVICE:
+        raise RuntimeError("read_from_gpu() requires Src buffer to be on the GPU, Copy from gpu failed\n")
+    host = arg._read()
+    return argument._wrap(arg.get_shape(), int(host.ctypes.data), keepalive=host)
+
+
+def gpu_sync() -> None:
+    """hipDeviceSynchronize (hip.cpp gpu_sync)."""
+    _require_device()
+    DEVICE.synchronize()
+    if DEVICE.sticky_error:
+        raise RuntimeError(f"hip device synchronization failed: {error_string(DEVICE.sticky_error)}")
