@@ -17,13 +17,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
-import numpy as np
 
 from daemon.config import DaemonConfig
 from daemon.service import Daemon
 from pipelines.engines import EngineConfig, create_engine
+from pipelines.engines.config import OnnxRuntimeOptions
 from pipelines.model_info import ModelInfo, read_model_info
 from pipelines.preprocess import Preprocessor
 from tools.make_demo_video import make_video
@@ -50,7 +51,7 @@ def engine_fps(model: Path, info: ModelInfo, engine_config: EngineConfig, video:
     """Frames/s of ``engine.infer`` alone on full batches made from the video's first frames."""
     engine = create_engine(engine_config, model, info)
     engine.warmup()
-    batch = np.zeros((engine.batch_size, *info.input_size), dtype=np.float32)
+    (batch,) = engine.input_buffers(1)
     capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
     preprocess = Preprocessor(info)
     for row in range(engine.batch_size):
@@ -61,8 +62,13 @@ def engine_fps(model: Path, info: ModelInfo, engine_config: EngineConfig, video:
     capture.release()
     runs = max(1, frames // engine.batch_size)
     start = time.perf_counter()
-    for _ in range(runs):
-        engine.infer(batch, engine.batch_size)
+    pending: list[Any] = []
+    for _ in range(runs):  # keep the engine as busy as the pipeline does: max_in_flight submissions
+        if len(pending) == engine.max_in_flight:
+            engine.result(pending.pop(0))
+        pending.append(engine.submit(batch, engine.batch_size))
+    for handle in pending:
+        engine.result(handle)
     elapsed = time.perf_counter() - start
     engine.close()
     return runs * engine.batch_size / elapsed
@@ -72,7 +78,7 @@ def daemon_fps(model: Path, engine_config: EngineConfig, video: Path, frames: in
     """Frames/s of the whole daemon, embedded in this process, from ready to its exit."""
     config = DaemonConfig.model_validate({
         "model": {"path": str(model)},
-        "engine": engine_config.model_dump(),
+        "engine": engine_config.model_dump(mode="json"),
         "sources": [{"id": "bench", "path": str(video)}],
         "publish": {"zmq": {"endpoint": "tcp://127.0.0.1:*"}},
         "metrics": {"enabled": False},
@@ -104,7 +110,9 @@ def run(model: Path, video: Path | None, frames: int, engine_config: EngineConfi
         for _ in range(repeats):
             engine_runs.append(engine_fps(model, info, engine_config, video, count))
             daemon_runs.append(daemon_fps(model, engine_config, video, count))
-    batch = create_engine(engine_config, model, info).batch_size
+    probe = create_engine(engine_config, model, info)
+    batch = probe.batch_size
+    probe.close()
     return BenchResult(str(model), str(video), count, batch, max(engine_runs), max(daemon_runs))
 
 
@@ -113,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="exported ONNX model")
     parser.add_argument("--video", type=Path, help="video file (default: a synthetic 640x480 video)")
     parser.add_argument("--frames", type=int, default=600, help="frames of the synthetic video")
+    parser.add_argument("--engine", choices=["auto", "migraphx", "onnxruntime"], default="auto")
     parser.add_argument("--batch-size", type=int, help="engine batch size (dynamic-batch models)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
     parser.add_argument("--repeats", type=int, default=2, help="measurements of each kind; the best counts")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    engine_config = EngineConfig(batch_size=args.batch_size, intra_op_threads=args.threads)
+    engine_config = EngineConfig(type=args.engine, batch_size=args.batch_size,
+                                 onnxruntime=OnnxRuntimeOptions(intra_op_threads=args.threads))
     result = run(args.model, args.video, args.frames, engine_config, args.repeats)
     if args.json:
         print(json.dumps({**asdict(result), "ratio": result.ratio}))

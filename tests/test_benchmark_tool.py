@@ -1,0 +1,19 @@
+"""nfnet-bench runs both measurements on the same model and video and reports a ratio."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_benchmark_reports_engine_and_daemon_rates() -> None:
+    result = subprocess.run([sys.executable, "-m", "tools.benchmark", "--frames", "40", "--repeats", "1", "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["frames"] == 40 and report["batch_size"] == 4
+    assert report["engine_fps"] > 0 and report["daemon_fps"] > 0
+    assert report["ratio"] == report["daemon_fps"] / report["engine_fps"]
