@@ -17,7 +17,7 @@ from pipelines.engines.config import EngineConfig
 from pipelines.paths import ConfigPath
 from pipelines.publishers.config import PublishConfig
 from pipelines.runtime.config import PipelineConfig
-from pipelines.sources.config import SourceConfig
+from pipelines.sources.config import SOURCE_TYPES, SourceConfig
 
 
 class ConfigError(ValueError):
@@ -88,9 +88,11 @@ def _describe(error: dict) -> str:
 
 def _location(loc: tuple) -> str:
     text = ""
+    previous: object = None
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif str(part) not in ("file",):  # the tag of a single-member source union adds nothing
+        elif not (isinstance(previous, int) and part in SOURCE_TYPES):  # a list item's union tag adds nothing
             text += f".{part}" if text else str(part)
+        previous = part
     return text

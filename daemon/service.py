@@ -20,7 +20,7 @@ from pipelines.model_info import ModelInfo, model_id, read_model_info
 from pipelines.publishers import Publisher, create_publishers
 from pipelines.publishers.zmq import ZmqPublisher
 from pipelines.runtime import Pipeline, PipelineMetrics
-from pipelines.sources import Source, create_source
+from pipelines.sources import OpenCvSource, create_source, is_live
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Daemon:
         self.metrics = PipelineMetrics()
         self.info: ModelInfo | None = None
         self.engine: Engine | None = None
-        self.sources: list[Source] = []
+        self.sources: list[OpenCvSource] = []
         self.publishers: list[Publisher] = []
         self.http: MetricsServer | None = None
         self.pipeline: Pipeline | None = None
@@ -78,8 +78,11 @@ class Daemon:
         for source_config in cfg.sources:
             source = create_source(source_config)
             self.sources.append(source)
-            source.open()
-            log.info("stream %s: opened %s source", source.stream_id, source_config.type)
+            if not is_live(source_config):  # a file that cannot be read is a configuration error: fail now
+                source.open()
+                log.info("stream %s: opened %s", source.stream_id, source_config.path)
+            # Live sources are opened by their capture stage, which keeps retrying: a camera that is
+            # down at start-up must not stop the daemon (nor the other streams).
 
         self.publishers = create_publishers(cfg.publish)
         for publisher in self.publishers:

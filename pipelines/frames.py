@@ -48,4 +48,6 @@ class EndOfStream:
     """Sent by a capture stage after its source's last frame; forwarded by every stage after it."""
 
     stream_id: str
-    frames: int = field(default=0)  # how many frames the source delivered
+    frames: int = field(default=0)  # how many frames were read from the source
+    state: str = "ended"  # or "failed": a live source whose reconnect attempts ran out
+    previous_state: str | None = None

@@ -40,6 +40,20 @@ class Subscriber:
                 last = time.monotonic()
         return self.messages
 
+    def receive_labels(self, count: int, timeout_s: float) -> list[tuple[str, dict[str, Any]]]:
+        """Receive until ``count`` label messages are in; return the label messages."""
+        self.receive_until(lambda messages: sum(m.get("type") == "label" for _, m in messages) >= count, timeout_s)
+        return self.labels
+
+    @property
+    def labels(self) -> list[tuple[str, dict[str, Any]]]:
+        """The label messages received so far (status messages left out)."""
+        return [(topic, message) for topic, message in self.messages if message.get("type") == "label"]
+
+    @property
+    def statuses(self) -> list[dict[str, Any]]:
+        return [message for topic, message in self.messages if topic == "_status"]
+
     def close(self) -> None:
         self.socket.close()
         self._context.term()

@@ -36,7 +36,8 @@ def test_every_frame_once_in_order_with_metrics_that_agree(tmp_path: Path, colou
                                           exit_when_done=False)).start()
     try:
         total = sum(len(v) for v in truth.values())
-        messages = subscriber.receive_until(lambda m: len(m) >= total, timeout_s=60)
+        subscriber.receive_labels(total, timeout_s=60)
+        messages = subscriber.labels
         daemon.wait_for_log("all streams ended", timeout_s=30)
         metrics = scrape(metrics_port)
     finally:
@@ -79,10 +80,11 @@ def test_sigterm_drains_every_frame_already_read(tmp_path: Path, colour_model_pa
     daemon = daemon_process(daemon_config(colour_model_path, {"cam1": video}, zmq_port, 0,
                                           exit_when_done=True)).start()
     try:
-        subscriber.receive_until(lambda m: len(m) >= 100, timeout_s=60)
+        subscriber.receive_labels(100, timeout_s=60)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout_s=30) == 0, daemon.stderr
-        messages = subscriber.receive_until(lambda m: False, timeout_s=30, quiet_s=1.0)
+        subscriber.receive_until(lambda m: False, timeout_s=30, quiet_s=1.0)
+        messages = subscriber.labels
     finally:
         subscriber.close()
     seqs = [m["seq"] for _, m in messages]
@@ -90,6 +92,7 @@ def test_sigterm_drains_every_frame_already_read(tmp_path: Path, colour_model_pa
     assert 100 <= len(seqs) < len(names), "the stop must have come mid-stream"
     assert [m["top_k"][0]["label"] for _, m in messages] == names[:len(seqs)]
     ended = re.search(r"stream cam1: ended; (\d+) of its (\d+) frames published", daemon.stderr)
+    assert subscriber.statuses[-1]["state"] == "ended" and subscriber.statuses[-1]["frames"] == len(seqs)
     assert ended, daemon.stderr
     assert int(ended.group(1)) == int(ended.group(2)) == len(seqs), "every frame read was published"
 
@@ -110,7 +113,7 @@ def test_subscriber_tool_prints_every_label(tmp_path: Path, colour_model_path: P
         tool.kill()
     assert tool.returncode == 0, err
     assert daemon.wait() == 0
-    printed = [json.loads(line) for line in out.splitlines()]
+    printed = [message for message in map(json.loads, out.splitlines()) if message["type"] == "label"]
     assert [m["seq"] for m in printed] == list(range(len(names)))
     assert [m["top_k"][0]["label"] for m in printed] == names
     assert "GAP" not in err

@@ -50,16 +50,18 @@ def test_trained_model_labels_every_frame_right(tmp_path: Path, daemon_process, 
                       engine=migraphx_double_engine(tmp_path / "cache") if double else 'type = "onnxruntime"'),
         env=DOUBLES_ENV if double else None).start()
     try:
-        messages = [m for _, m in subscriber.receive_until(lambda m: len(m) >= len(truth), timeout_s=120)]
+        subscriber.receive_labels(len(truth), timeout_s=120)
+        messages = [m for _, m in subscriber.labels]
         daemon.wait_for_log("all streams ended", timeout_s=30)
         metrics = scrape(metrics_port)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0, daemon.stderr
         # Nothing more may arrive: every frame exactly once.
-        everything = subscriber.receive_until(lambda m: False, timeout_s=10, quiet_s=0.5)
+        subscriber.receive_until(lambda m: False, timeout_s=10, quiet_s=0.5)
     finally:
         subscriber.close()
-    assert len(everything) == len(truth)
+    assert len(subscriber.labels) == len(truth)
+    assert [(s["state"], s.get("frames")) for s in subscriber.statuses] == [("running", None), ("ended", len(truth))]
 
     assert [m["seq"] for m in messages] == list(range(len(truth)))
     assert [m["frame_index"] for m in messages] == list(range(len(truth)))
@@ -98,7 +100,9 @@ def test_readme_demo_command_labels_the_bundled_video(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     truth = (REPO / "tests" / "assets" / "demo_shapes.mp4.labels.txt").read_text().split("\n")[:-1]
-    lines = result.stdout.splitlines()
+    status = [line for line in result.stdout.splitlines() if " [" in line]
+    assert status == ["demo [running]", f"demo [ended] {len(truth)} of {len(truth)} frames published"]
+    lines = [line for line in result.stdout.splitlines() if " #" in line]
     assert len(lines) == len(truth)
     right = sum(f"  {label} " in line for line, label in zip(lines, truth, strict=True))
     assert right / len(truth) >= 0.99, f"{right}/{len(truth)} right:\n" + "\n".join(lines[:20])
@@ -117,7 +121,8 @@ def test_auto_engine_choice_and_compiled_program_cache(tmp_path: Path, daemon_pr
         try:
             daemon = daemon_process(config, env=DOUBLES_ENV if doubles else None).start()
             assert daemon.wait(timeout_s=120) == 0, daemon.stderr
-            assert len(subscriber.receive_until(lambda m: len(m) >= 12, timeout_s=10)) == 12
+            subscriber.receive_labels(12, timeout_s=10)
+            assert len(subscriber.labels) == 12
         finally:
             subscriber.close()
         if doubles:

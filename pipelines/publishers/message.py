@@ -12,7 +12,8 @@ from typing import Any
 from pipelines.frames import Frame
 from pipelines.postprocess.topk import Prediction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+STATUS_TOPIC = "_status"  # stream ids cannot start with "_", so it never collides with one
 
 
 def latency_breakdown_ms(frame: Frame, publish_perf: float) -> dict[str, float]:
@@ -37,6 +38,7 @@ def latency_breakdown_ms(frame: Frame, publish_perf: float) -> dict[str, float]:
 def build_label_message(
     frame: Frame,
     seq: int,
+    dropped: int,
     predictions: list[Prediction],
     model_id: str,
     publish_ns: int,
@@ -44,9 +46,11 @@ def build_label_message(
 ) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
+        "type": "label",
         "stream_id": frame.stream_id,
         "seq": seq,
         "frame_index": frame.index,
+        "dropped": dropped,
         "pts": round(frame.pts, 6),
         "capture_time_ns": frame.capture_ns,
         "publish_time_ns": publish_ns,
@@ -54,6 +58,16 @@ def build_label_message(
         "top_k": [{"index": p.index, "label": p.label, "score": p.score} for p in predictions],
         "latency_ms": latency_ms,
     }
+
+
+def build_status_message(stream_id: str, state: str, previous: str | None, detail: str, time_ns: int,
+                         frames: int | None = None) -> dict[str, Any]:
+    """A stream's state change, published on ``STATUS_TOPIC``; ``frames`` (read in all) at the end."""
+    message: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "type": "status", "stream_id": stream_id,
+                               "state": state, "previous_state": previous, "detail": detail, "time_ns": time_ns}
+    if frames is not None:
+        message["frames"] = frames
+    return message
 
 
 def encode(message: dict[str, Any]) -> bytes:

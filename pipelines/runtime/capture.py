@@ -1,48 +1,133 @@
-"""Capture stage: reads one source and hands its frames on, in order, until it ends or is stopped."""
+"""Capture stage: reads one source and hands its frames to the frame mux.
+
+Every frame read gets the next index of its stream, whether it is then classified or dropped, so the
+gap between two published frame indexes is exactly the number of frames dropped in between. A live
+source that fails, ends unexpectedly or stalls is reconnected with jittered exponential backoff; a file
+that ends, ends its stream. A source that cannot be reached stays in ``reconnecting`` (or ``failed``
+after ``reconnect.max_attempts``): the daemon never exits because one stream failed.
+"""
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections.abc import Callable
 
 from pipelines.frames import EndOfStream, Frame, FrameTimes
+from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.metrics import PipelineMetrics
-from pipelines.runtime.queues import put
 from pipelines.runtime.stage import Stage
-from pipelines.sources.base import Source
+from pipelines.runtime.stream_state import StreamStates
+from pipelines.sources.backoff import backoff_delay
+from pipelines.sources.base import RawFrame, SourceError
+from pipelines.sources.config import FileSourceConfig, is_live
+from pipelines.sources.opencv import OpenCvSource
 
 log = logging.getLogger(__name__)
 
 
 class CaptureStage(Stage):
-    def __init__(self, source: Source, out: queue.Queue, stop: threading.Event, abort: threading.Event,
-                 metrics: PipelineMetrics) -> None:
+    def __init__(self, source: OpenCvSource, mux: FrameMux, states: StreamStates, stop: threading.Event,
+                 abort: threading.Event, metrics: PipelineMetrics) -> None:
         super().__init__(f"capture-{source.stream_id}", abort)
         self._source = source
-        self._out = out
+        self._config = source.config
+        self._live = is_live(self._config)
+        self._paced = isinstance(self._config, FileSourceConfig) and self._config.pace
+        self._mux = mux
+        self._states = states
         self._stop_reading = stop
         self._captured = metrics.counter_for(source.stream_id, "capture")
+        self._drop: Callable[[str], None] = metrics.dropper(source.stream_id)
+        self._index = 0  # the next frame's index in this stream
+        self._last_accepted = float("-inf")
+        self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) of the first paced frame
 
     def loop(self) -> None:
         stream_id = self._source.stream_id
-        index = 0
+        final_state = "ended"
         try:
-            while not self._stop_reading.is_set():
-                read_start = time.perf_counter()
-                raw = self._source.read()
-                if raw is None:
-                    log.info("stream %s: source ended after %d frames", stream_id, index)
-                    break
-                frame = Frame(stream_id, index, raw.pts, time.time_ns(),
-                              FrameTimes(read_start, time.perf_counter()), raw.image)
-                if not put(self._out, frame, self.abort):
-                    return
-                self._captured.inc()
-                index += 1
-            else:
-                log.info("stream %s: capture stopped after %d frames", stream_id, index)
+            final_state = self._capture()
         finally:
             self._source.close()
-        put(self._out, EndOfStream(stream_id, index), self.abort)
+        # The output stage announces the end, after this stream's last label.
+        previous = self._states.get(stream_id)
+        self._states.set(stream_id, final_state, f"{self._index} frames read", announce=False)
+        self._mux.put(stream_id, EndOfStream(stream_id, self._index, final_state, previous), self.abort)
+
+    def _capture(self) -> str:
+        """Read until the source ends, fails for good, or the pipeline stops; return the final state."""
+        failures = 0
+        opened = self._source.is_open
+        if opened:
+            self._states.set(self._source.stream_id, "running")
+        while not self._stop_reading.is_set():
+            if not opened:
+                try:
+                    self._states.set(self._source.stream_id, "reconnecting" if failures else "connecting")
+                    self._source.open()
+                except SourceError as exc:
+                    if not self._live:
+                        raise
+                    failures += 1
+                    if self._give_up(failures, str(exc)):
+                        return "failed"
+                    continue
+                opened, failures = True, 0
+                self._pace_origin = None
+                self._states.set(self._source.stream_id, "running")
+            read_start = time.perf_counter()
+            raw = self._source.read()
+            if raw is None:
+                if not self._live or self._paced:
+                    log.info("stream %s: source ended after %d frames", self._source.stream_id, self._index)
+                    return "ended"
+                # A live source that stops delivering: a lost connection, a stall past the read timeout,
+                # or a frame that would not decode. Count it as one lost frame and reconnect.
+                self._index += 1
+                self._drop("decode_error")
+                self._source.close()
+                opened = False
+                failures += 1
+                if self._give_up(failures, "the source stopped delivering frames"):
+                    return "failed"
+                continue
+            self._hand_on(raw, read_start)
+        log.info("stream %s: capture stopped after %d frames", self._source.stream_id, self._index)
+        return "ended"
+
+    def _hand_on(self, raw: RawFrame, read_start: float) -> None:
+        index = self._index
+        self._index += 1
+        self._captured.inc()
+        if self._paced:
+            self._pace(raw.pts)
+        now = time.monotonic()
+        cap = self._config.fps_cap
+        if index % self._config.interval or (cap and now - self._last_accepted < 1.0 / cap):
+            self._drop("interval")
+            return
+        self._last_accepted = now
+        frame = Frame(self._source.stream_id, index, raw.pts, time.time_ns(),
+                      FrameTimes(read_start, time.perf_counter()), raw.image)
+        self._mux.put(self._source.stream_id, frame, self.abort)
+
+    def _pace(self, pts: float) -> None:
+        """Sleep until the frame's time has come, as a camera would deliver it."""
+        if self._pace_origin is None:
+            self._pace_origin = (time.monotonic(), pts)
+        due = self._pace_origin[0] + (pts - self._pace_origin[1])
+        self._stop_reading.wait(max(0.0, due - time.monotonic()))
+
+    def _give_up(self, failures: int, reason: str) -> bool:
+        """Wait before the next attempt; True if attempts are exhausted."""
+        reconnect = self._config.reconnect
+        if reconnect.max_attempts is not None and failures >= reconnect.max_attempts:
+            log.error("stream %s: giving up after %d attempts: %s", self._source.stream_id, failures, reason)
+            return True
+        delay = backoff_delay(failures, reconnect.base_s, reconnect.cap_s)
+        log.info("stream %s: %s; reconnect attempt %d in %.1fs", self._source.stream_id, reason, failures, delay)
+        self._states.set(self._source.stream_id, "reconnecting", f"{reason}; retry {failures} in {delay:.1f}s")
+        self._stop_reading.wait(delay)
+        return False

@@ -11,6 +11,7 @@ PREFIX = "nfnet_stream"
 # From sub-millisecond CPU stages up to multi-second stalls.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGES = ("capture", "preprocess", "inference", "postprocess")
+DROP_CAUSES = ("queue_full", "stale", "decode_error", "interval")
 
 
 class PipelineMetrics:
@@ -32,6 +33,14 @@ class PipelineMetrics:
             f"{PREFIX}_queue_depth", "Items waiting in each inter-stage queue.", ["queue"], registry=r)
         self.buffers_in_use = Gauge(
             f"{PREFIX}_input_buffers_in_use", "Batch input buffers being filled or run.", registry=r)
+        self.dropped = Counter(
+            f"{PREFIX}_frames_dropped", "Frames read but not classified, by cause (queue_full, stale, decode_error, "
+            "interval).", ["stream", "cause"], registry=r)
+        self.source_state = Gauge(
+            f"{PREFIX}_source_state", "1 for each stream's current state, 0 for the others.", ["stream", "state"],
+            registry=r)
+        self.resolution_changes = Counter(
+            f"{PREFIX}_resolution_changes", "Times a stream's frame size changed.", ["stream"], registry=r)
         self.streams_ended = Counter(
             f"{PREFIX}_streams_ended", "Sources that reached their end.", ["stream"], registry=r)
         self.model = Info(f"{PREFIX}_model", "The model and engine in use.", registry=r)
@@ -45,6 +54,11 @@ class PipelineMetrics:
     def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
         """Report ``depth()`` as the queue's depth at scrape time."""
         self.queue_depth.labels(queue=name).set_function(depth)
+
+    def dropper(self, stream: str) -> Callable[[str], None]:
+        """A function that counts one dropped frame of ``stream`` with the given cause."""
+        children = {cause: self.dropped.labels(stream=stream, cause=cause) for cause in DROP_CAUSES}
+        return lambda cause: children[cause].inc()
 
     def counter_for(self, stream: str, stage: str) -> Counter:
         """The frame counter child of one stream and stage (look it up once, increment often)."""

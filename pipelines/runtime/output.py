@@ -1,4 +1,6 @@
-"""Output stage: logits → top-k → one message per frame, published with a contiguous per-stream seq."""
+"""Output stage: logits → top-k → one message per frame, published with a contiguous per-stream seq and
+the number of that stream's frames dropped since its previous message; stream state changes on the
+status topic, each stream's end after its last label."""
 
 from __future__ import annotations
 
@@ -6,21 +8,29 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 from pipelines.frames import Batch, EndOfStream
 from pipelines.postprocess.topk import top_k
 from pipelines.publishers.base import Publisher
-from pipelines.publishers.message import build_label_message, encode, latency_breakdown_ms
+from pipelines.publishers.message import (
+    STATUS_TOPIC,
+    build_label_message,
+    build_status_message,
+    encode,
+    latency_breakdown_ms,
+)
 from pipelines.runtime.metrics import STAGES, PipelineMetrics
-from pipelines.runtime.queues import get
+from pipelines.runtime.queues import POLL_S, get
 from pipelines.runtime.stage import Stage
+from pipelines.runtime.stream_state import StateChange, StreamStates
 
 log = logging.getLogger(__name__)
 
 
 class OutputStage(Stage):
     def __init__(self, inp: queue.Queue, publishers: list[Publisher], labels: tuple[str, ...], k: int,
-                 model_id: str, streams: list[str], abort: threading.Event,
+                 model_id: str, streams: list[str], states: StreamStates, abort: threading.Event,
                  metrics: PipelineMetrics) -> None:
         super().__init__("output", abort)
         self._in = inp
@@ -28,25 +38,27 @@ class OutputStage(Stage):
         self._labels, self._k = labels, k
         self._model_id = model_id
         self._streams = streams
+        self._states = states
         self._metrics = metrics
         self._counters = {s: metrics.counter_for(s, "publish") for s in streams}
         self._end_to_end = {s: metrics.end_to_end_latency.labels(stream=s) for s in streams}
         self._stage_latency = {stage: metrics.stage_latency.labels(stage=stage) for stage in STAGES}
         self.published: dict[str, int] = dict.fromkeys(streams, 0)  # also each stream's next seq
+        self._last_index: dict[str, int] = dict.fromkeys(streams, -1)
 
     def loop(self) -> None:
         open_streams = len(self._streams)
         while open_streams:
-            item = get(self._in, self.abort)
-            if item is None:
+            item = get(self._in, self.abort, timeout=POLL_S)
+            self._announce_changes()
+            if self.abort.is_set():
                 return
             if isinstance(item, EndOfStream):
-                log.info("stream %s: ended; %d of its %d frames published",
-                         item.stream_id, self.published[item.stream_id], item.frames)
-                self._metrics.streams_ended.labels(stream=item.stream_id).inc()
+                self._end(item)
                 open_streams -= 1
-                continue
-            self._publish(item)
+            elif item is not None:
+                self._publish(item)
+        self._announce_changes()
 
     def _publish(self, batch: Batch) -> None:
         assert batch.scores is not None
@@ -54,14 +66,38 @@ class OutputStage(Stage):
         ranked = top_k(batch.scores, self._labels, self._k)
         for frame, predictions in zip(batch.frames, ranked, strict=True):
             frame.times.postprocess_start = postprocess_start
-            seq = self.published[frame.stream_id]
+            stream = frame.stream_id
+            seq = self.published[stream]
+            dropped = frame.index - self._last_index[stream] - 1
+            self._last_index[stream] = frame.index
             latency = latency_breakdown_ms(frame, time.perf_counter())
-            message = build_label_message(frame, seq, predictions, self._model_id, time.time_ns(), latency)
-            payload = encode(message)
-            for publisher in self._publishers:
-                publisher.publish(frame.stream_id, payload, message)
-            self.published[frame.stream_id] = seq + 1
-            self._counters[frame.stream_id].inc()
-            self._end_to_end[frame.stream_id].observe(latency["total"] / 1000.0)
+            self._send(stream, build_label_message(frame, seq, dropped, predictions, self._model_id, time.time_ns(),
+                                                   latency))
+            self.published[stream] = seq + 1
+            self._counters[stream].inc()
+            self._end_to_end[stream].observe(latency["total"] / 1000.0)
             for stage in STAGES:
                 self._stage_latency[stage].observe(latency[stage] / 1000.0)
+
+    def _end(self, end: EndOfStream) -> None:
+        stream = end.stream_id
+        log.info("stream %s: %s; %d of its %d frames published", stream, end.state, self.published[stream],
+                 end.frames)
+        self._metrics.streams_ended.labels(stream=stream).inc()
+        self._send(STATUS_TOPIC, build_status_message(
+            stream, end.state, end.previous_state, f"{self.published[stream]} of {end.frames} frames published",
+            time.time_ns(), frames=end.frames))
+
+    def _announce_changes(self) -> None:
+        while True:
+            try:
+                change: StateChange = self._states.changes.get_nowait()
+            except queue.Empty:
+                return
+            self._send(STATUS_TOPIC, build_status_message(change.stream_id, change.state, change.previous,
+                                                          change.detail, change.time_ns))
+
+    def _send(self, topic: str, message: dict[str, Any]) -> None:
+        payload = encode(message)
+        for publisher in self._publishers:
+            publisher.publish(topic, payload, message)

@@ -15,12 +15,14 @@ from pipelines.preprocess.transform import Preprocessor
 from pipelines.publishers.base import Publisher
 from pipelines.runtime.capture import CaptureStage
 from pipelines.runtime.config import PipelineConfig
+from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.inference import InferenceStage
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.output import OutputStage
 from pipelines.runtime.preprocess import PreprocessStage
 from pipelines.runtime.stage import Stage
-from pipelines.sources.base import Source
+from pipelines.runtime.stream_state import StreamStates
+from pipelines.sources import OpenCvSource, is_live
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +36,34 @@ class StageFailure:
 class Pipeline:
     """The running pipeline. ``stop()`` drains gracefully; ``abort()`` ends every stage at once."""
 
-    def __init__(self, sources: list[Source], engine: Engine, info: ModelInfo, publishers: list[Publisher],
+    def __init__(self, sources: list[OpenCvSource], engine: Engine, info: ModelInfo, publishers: list[Publisher],
                  model_id: str, config: PipelineConfig, metrics: PipelineMetrics) -> None:
         streams = [source.stream_id for source in sources]
         self._stop = threading.Event()
         self._abort = threading.Event()
-        # Batches in flight are bounded by the buffer pool; these queues only need room for them.
-        captured: queue.Queue = queue.Queue(maxsize=config.capture_queue)
+        self.states = StreamStates(streams, metrics)
+        # Files get capture_queue frames of room (and wait for more); live sources their buffer_frames
+        # (and drop the oldest). Batches in flight are bounded by the buffer pool; the queues after
+        # preprocessing only need room for them.
+        self.mux = FrameMux()
+        for source in sources:
+            live = is_live(source.config)
+            self.mux.add_stream(source.stream_id, source.config.buffer_frames if live else config.capture_queue,
+                                live, source.config.max_frame_age_ms / 1000.0, metrics.dropper(source.stream_id))
         batches: queue.Queue = queue.Queue(maxsize=config.input_buffers)
         results: queue.Queue = queue.Queue(maxsize=config.input_buffers)
         self.pool = BufferPool(engine.input_buffers(config.input_buffers))
         self.inference = InferenceStage(batches, results, engine, self.pool, streams, self._abort, metrics)
         self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id, streams,
-                                  self._abort, metrics)
+                                  self.states, self._abort, metrics)
         self.stages: list[Stage] = [
-            *(CaptureStage(source, captured, self._stop, self._abort, metrics) for source in sources),
-            PreprocessStage(captured, batches, Preprocessor(info), self.pool, streams,
+            *(CaptureStage(source, self.mux, self.states, self._stop, self._abort, metrics) for source in sources),
+            PreprocessStage(self.mux, batches, Preprocessor(info), self.pool, streams,
                             config.batch_timeout_ms / 1000.0, self._abort, metrics),
             self.inference,
             self.output,
         ]
-        metrics.watch_queue("capture", captured.qsize)
+        metrics.watch_queue("capture", self.mux.depth)
         metrics.watch_queue("batches", batches.qsize)
         metrics.watch_queue("results", results.qsize)
         metrics.buffers_in_use.set_function(lambda: self.pool.in_use)

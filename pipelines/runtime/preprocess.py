@@ -6,6 +6,7 @@ a stream ends, so a slow or ending stream never holds frames back.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -13,13 +14,16 @@ import time
 from pipelines.frames import Batch, EndOfStream, Frame
 from pipelines.preprocess.buffers import BufferPool, InputBuffer
 from pipelines.preprocess.transform import Preprocessor
+from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.metrics import PipelineMetrics
-from pipelines.runtime.queues import POLL_S, get, put
+from pipelines.runtime.queues import POLL_S, put
 from pipelines.runtime.stage import Stage
+
+log = logging.getLogger(__name__)
 
 
 class PreprocessStage(Stage):
-    def __init__(self, inp: queue.Queue, out: queue.Queue, preprocessor: Preprocessor, pool: BufferPool,
+    def __init__(self, inp: FrameMux, out: queue.Queue, preprocessor: Preprocessor, pool: BufferPool,
                  streams: list[str], batch_timeout_s: float, abort: threading.Event,
                  metrics: PipelineMetrics) -> None:
         super().__init__("preprocess", abort)
@@ -29,6 +33,9 @@ class PreprocessStage(Stage):
         self._streams = len(streams)
         self._batch_timeout_s = batch_timeout_s
         self._counters = {s: metrics.counter_for(s, "preprocess") for s in streams}
+        self._resolution_changes = {s: metrics.resolution_changes.labels(stream=s) for s in streams}
+        self._frame_sizes: dict[str, tuple[int, int]] = {}
+        self._size_change_logged: set[str] = set()
         self._buffer: InputBuffer | None = None
         self._frames: list[Frame] = []
 
@@ -37,7 +44,7 @@ class PreprocessStage(Stage):
         deadline = 0.0
         while open_streams:
             timeout = max(0.0, deadline - time.monotonic()) if self._frames else None
-            item = get(self._in, self.abort, timeout)
+            item = self._in.get(self.abort, timeout)
             if self.abort.is_set():
                 return
             if item is None:  # the partial batch's time is up
@@ -65,12 +72,25 @@ class PreprocessStage(Stage):
 
     def _add(self, frame: Frame) -> None:
         assert self._buffer is not None and frame.image is not None
+        self._note_frame_size(frame.stream_id, frame.image.shape[:2])
         frame.times.preprocess_start = time.perf_counter()
         self._preprocess(frame.image, self._buffer.array[len(self._frames)])
         frame.image = None  # the pixels are in the buffer now; free the decoded frame early
         frame.times.preprocess_end = time.perf_counter()
         self._frames.append(frame)
         self._counters[frame.stream_id].inc()
+
+    def _note_frame_size(self, stream_id: str, size: tuple[int, int]) -> None:
+        """Count every change of a stream's frame size; log the first one (the preprocessing adapts)."""
+        previous = self._frame_sizes.get(stream_id)
+        self._frame_sizes[stream_id] = size
+        if previous is None or previous == size:
+            return
+        self._resolution_changes[stream_id].inc()
+        if stream_id not in self._size_change_logged:
+            self._size_change_logged.add(stream_id)
+            log.warning("stream %s: frame size changed from %dx%d to %dx%d; preprocessing adapts "
+                        "(further changes are only counted)", stream_id, previous[1], previous[0], size[1], size[0])
 
     def _hand_on(self) -> None:
         if self._buffer is None:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pipelines.sources.base import RawFrame, Source, SourceError
-from pipelines.sources.config import SourceConfig
+from pipelines.sources.config import SourceConfig, is_live
+from pipelines.sources.opencv import OpenCvSource
 
 
-def create_source(config: SourceConfig) -> Source:
-    if config.type == "file":
-        from pipelines.sources.file import FileSource
-
-        return FileSource(config)
-    raise SourceError(f"unknown source type {config.type!r}")
+def create_source(config: SourceConfig) -> OpenCvSource:
+    return OpenCvSource(config)
 
 
-__all__ = ["RawFrame", "Source", "SourceConfig", "SourceError", "create_source"]
+__all__ = ["OpenCvSource", "RawFrame", "Source", "SourceConfig", "SourceError", "create_source", "is_live"]

@@ -1,10 +1,10 @@
-"""Source configuration: one table per stream."""
+"""Source configuration: one ``[[sources]]`` table per stream, its kind chosen by ``type``."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from pipelines.config_base import StrictModel
 from pipelines.paths import ConfigPath
@@ -13,10 +13,68 @@ from pipelines.paths import ConfigPath
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class FileSourceConfig(StrictModel):
+class ReconnectConfig(StrictModel):
+    base_s: float = Field(0.5, gt=0, description="First wait before reconnecting.")
+    cap_s: float = Field(30.0, gt=0, description="Longest wait between attempts.")
+    max_attempts: int | None = Field(
+        None, ge=1, description="Give up (state 'failed') after this many failed attempts in a row (default: never).")
+    stall_timeout_s: float = Field(
+        10.0, gt=0, description="A live source that delivers no frame for this long is reconnected.")
+
+
+class SourceBase(StrictModel):
     id: str = Field(pattern=STREAM_ID_PATTERN, description="Stream id: the ZeroMQ topic of its labels.")
+    width: int | None = Field(None, ge=16, description="Ask the device for this frame width (cameras).")
+    height: int | None = Field(None, ge=16, description="Ask the device for this frame height (cameras).")
+    fps_cap: float | None = Field(None, gt=0, description="Classify at most this many frames per second.")
+    interval: int = Field(1, ge=1, description="Classify every Nth frame (the others are counted as dropped).")
+    buffer_frames: int = Field(
+        2, ge=1, le=64, description="Live sources: frames held for preprocessing; when full the oldest is dropped.")
+    max_frame_age_ms: float = Field(
+        500.0, gt=0, description="Live sources: a frame older than this when its turn comes is dropped as stale.")
+    reconnect: ReconnectConfig = ReconnectConfig()
+
+
+class FileSourceConfig(SourceBase):
     type: Literal["file"] = "file"
     path: ConfigPath = Field(description="A video file readable by OpenCV's FFmpeg backend.")
+    pace: bool = Field(
+        False, description="Deliver frames at the file's own frame rate, like a camera (it is then live: frames "
+                           "can be dropped); otherwise as fast as they are classified, losslessly.")
 
 
-SourceConfig = FileSourceConfig
+class CameraSourceConfig(SourceBase):
+    type: Literal["camera"]
+    device: int | str = Field(description="V4L2 device: an index (0) or a path (/dev/video0).")
+
+
+class StreamSourceConfig(SourceBase):
+    type: Literal["stream"]
+    url: str = Field(pattern=r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://",
+                     description="A network stream (RTSP, RTMP, HTTP(S) incl. MJPEG) for OpenCV's FFmpeg backend.")
+    open_timeout_s: float = Field(10.0, gt=0, description="Give up opening after this long.")
+
+
+class GStreamerSourceConfig(SourceBase):
+    type: Literal["gstreamer"]
+    pipeline: str = Field(min_length=1, description="A GStreamer pipeline ending in appsink (OpenCV with GStreamer).")
+
+
+SOURCE_TYPES = ("file", "camera", "stream", "gstreamer")
+
+
+def _source_type(value: object) -> str:
+    """The ``type`` of a source table; ``file`` when omitted."""
+    return value.get("type", "file") if isinstance(value, dict) else getattr(value, "type", "file")
+
+
+SourceConfig = Annotated[
+    Annotated[FileSourceConfig, Tag("file")] | Annotated[CameraSourceConfig, Tag("camera")]
+    | Annotated[StreamSourceConfig, Tag("stream")] | Annotated[GStreamerSourceConfig, Tag("gstreamer")],
+    Discriminator(_source_type),
+]
+
+
+def is_live(config: SourceBase) -> bool:
+    """Live sources do not wait for the pipeline: their frames can be dropped (and are counted)."""
+    return not isinstance(config, FileSourceConfig) or config.pace

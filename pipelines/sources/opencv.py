@@ -1,0 +1,105 @@
+"""Every source kind through OpenCV's ``VideoCapture``: files and network streams via FFmpeg, cameras via
+V4L2, pipelines via GStreamer. They differ only in what is opened and with which options."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pipelines.sources.base import RawFrame, Source, SourceError
+from pipelines.sources.config import (
+    CameraSourceConfig,
+    FileSourceConfig,
+    GStreamerSourceConfig,
+    SourceBase,
+    StreamSourceConfig,
+)
+
+
+def has_gstreamer() -> bool:
+    """Whether this OpenCV was built with GStreamer (pip's opencv-python wheels are not)."""
+    return any(line.strip().startswith("GStreamer:") and "YES" in line
+               for line in cv2.getBuildInformation().splitlines())
+
+
+def _target(config: SourceBase) -> tuple[str | int, int, list[int]]:
+    """What ``VideoCapture`` opens, the backend, and its open parameters."""
+    stall_ms = int(config.reconnect.stall_timeout_s * 1000)
+    if isinstance(config, FileSourceConfig):
+        if not config.path.is_file():
+            raise SourceError(f"source {config.id!r}: video file not found: {config.path}")
+        return str(config.path), cv2.CAP_FFMPEG, []
+    if isinstance(config, StreamSourceConfig):
+        return config.url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(config.open_timeout_s * 1000),
+                                            cv2.CAP_PROP_READ_TIMEOUT_MSEC, stall_ms]
+    if isinstance(config, CameraSourceConfig):
+        params = []
+        if config.width:
+            params += [cv2.CAP_PROP_FRAME_WIDTH, config.width]
+        if config.height:
+            params += [cv2.CAP_PROP_FRAME_HEIGHT, config.height]
+        return config.device, cv2.CAP_V4L2, params
+    if isinstance(config, GStreamerSourceConfig):
+        if not has_gstreamer():
+            raise SourceError(f"source {config.id!r}: this OpenCV build has no GStreamer support "
+                              "(opencv-python wheels lack it; use a distribution OpenCV built with GStreamer)")
+        return config.pipeline, cv2.CAP_GSTREAMER, []
+    raise SourceError(f"source {config.id!r}: unknown source type {config.type!r}")
+
+
+class OpenCvSource(Source):
+    def __init__(self, config: SourceBase) -> None:
+        self.stream_id = config.id
+        self.config = config
+        self._capture: cv2.VideoCapture | None = None
+        self._pending: RawFrame | None = None
+        self._fps = 0.0
+        self._delivered = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._capture is not None
+
+    @property
+    def fps(self) -> float:
+        """The source's nominal frame rate (0 when unknown)."""
+        return self._fps
+
+    def open(self) -> None:
+        self.close()
+        target, backend, params = _target(self.config)
+        capture = cv2.VideoCapture(target, backend, params)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"source {self.stream_id!r}: cannot open {target}")
+        ok, image = capture.read()
+        if not ok or image is None:
+            capture.release()
+            raise SourceError(f"source {self.stream_id!r}: {target} delivered no decodable video frame")
+        self._fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        self._capture = capture
+        self._delivered = 0
+        # The probe's frame is kept, not re-read: seeking back is unreliable, and impossible on a stream.
+        self._pending = self._frame(image)
+
+    def read(self) -> RawFrame | None:
+        if self._capture is None:
+            raise SourceError(f"source {self.stream_id!r} is not open")
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        ok, image = self._capture.read()
+        return self._frame(image) if ok and image is not None else None
+
+    def _frame(self, image: np.ndarray) -> RawFrame:
+        assert self._capture is not None
+        pts = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        if pts <= 0.0 and self._delivered > 0 and self._fps > 0:
+            pts = self._delivered / self._fps  # containers and streams without timestamps
+        self._delivered += 1
+        return RawFrame(image, pts)
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
