@@ -1,7 +1,9 @@
 """Preprocess stage: fills pooled batch buffers with preprocessed frames and hands full batches on.
 
 A batch is handed on when it is full, when ``batch_timeout`` has passed since its first frame, or when
-a stream ends, so a slow or ending stream never holds frames back.
+a stream ends, so a slow or ending stream never holds frames back. A free buffer is secured *before* a
+frame is taken: frames wait in the frame mux, where a live stream keeps only its newest ones, rather than
+in this stage's hands, so what gets classified is as fresh as it can be.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class PreprocessStage(Stage):
         open_streams = self._streams
         deadline = 0.0
         while open_streams:
+            if self._buffer is None:
+                self._buffer = self._acquire()
+                if self._buffer is None:
+                    return
             timeout = max(0.0, deadline - time.monotonic()) if self._frames else None
             item = self._in.get(self.abort, timeout)
             if self.abort.is_set():
@@ -54,14 +60,14 @@ class PreprocessStage(Stage):
                 put(self._out, item, self.abort)
                 open_streams -= 1
             else:
-                if self._buffer is None:
-                    self._buffer = self._acquire()
-                    if self._buffer is None:
-                        return
+                if not self._frames:
                     deadline = time.monotonic() + self._batch_timeout_s
                 self._add(item)
                 if len(self._frames) == self._pool.batch or time.monotonic() >= deadline:
                     self._hand_on()
+        if self._buffer is not None:  # every stream has ended: the empty buffer goes back
+            self._pool.release(self._buffer)
+            self._buffer = None
 
     def _acquire(self) -> InputBuffer | None:
         while not self.abort.is_set():
@@ -93,7 +99,7 @@ class PreprocessStage(Stage):
                         "(further changes are only counted)", stream_id, previous[1], previous[0], size[1], size[0])
 
     def _hand_on(self) -> None:
-        if self._buffer is None:
+        if not self._frames:
             return
         batch = Batch(self._frames, self._buffer)
         self._buffer, self._frames = None, []
