@@ -27,7 +27,9 @@ def colour_cycle(frames: int, run: int = 5) -> list[str]:
 
 def test_every_frame_once_in_order_with_metrics_that_agree(tmp_path: Path, colour_model_path: Path,
                                                            daemon_process) -> None:
-    truth = {"cam1": colour_cycle(120), "cam2": colour_cycle(77, run=3)}
+    # Four streams at once, batched together: each must get exactly its own frames, in order.
+    truth = {"cam1": colour_cycle(120), "cam2": colour_cycle(77, run=3), "cam3": colour_cycle(64, run=7),
+             "cam4": colour_cycle(90, run=1)}
     videos = {sid: write_video(tmp_path / f"{sid}.mp4", solid_frames([COLOURS[c] for c in names], seed=i))
               for i, (sid, names) in enumerate(truth.items())}
     zmq_port, metrics_port = free_port(), free_port()
@@ -117,3 +119,27 @@ def test_subscriber_tool_prints_every_label(tmp_path: Path, colour_model_path: P
     assert [m["seq"] for m in printed] == list(range(len(names)))
     assert [m["top_k"][0]["label"] for m in printed] == names
     assert "GAP" not in err
+
+
+def test_interval_classifies_every_nth_frame_and_accounts_for_the_rest(tmp_path: Path, colour_model_path: Path,
+                                                                       daemon_process) -> None:
+    names = colour_cycle(61, run=1)
+    video = write_video(tmp_path / "v.mp4", solid_frames([COLOURS[c] for c in names]))
+    zmq_port, metrics_port = free_port(), free_port()
+    config = daemon_config(colour_model_path, {"cam1": video}, zmq_port, metrics_port, exit_when_done=False)
+    config = config.replace(f'path = "{video}"', f'path = "{video}"\ninterval = 3')
+    subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
+    daemon = daemon_process(config).start()
+    try:
+        labels = [m for _, m in subscriber.receive_labels(21, timeout_s=60)]
+        daemon.wait_for_log("all streams ended")
+        metrics = scrape(metrics_port)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        subscriber.close()
+    assert [m["frame_index"] for m in labels] == list(range(0, 61, 3))
+    assert [m["seq"] for m in labels] == list(range(21))
+    assert [m["dropped"] for m in labels] == [0] + [2] * 20
+    assert [m["top_k"][0]["label"] for m in labels] == names[::3]
+    assert metrics[("nfnet_stream_frames_dropped_total", (("cause", "interval"), ("stream", "cam1")))] == 40

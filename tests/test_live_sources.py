@@ -160,3 +160,27 @@ def test_overload_keeps_latency_bounded_and_counts_every_drop(tmp_path: Path, da
     assert p99 <= 3 * inference + 15, f"p99 {p99:.0f} ms vs inference {inference:.0f} ms"
     first, second = np.array_split(totals, 2)
     assert np.percentile(second, 90) <= 1.5 * np.percentile(first, 90) + 20, "latency must not grow over the run"
+
+
+def test_frame_size_change_is_handled_counted_and_logged_once(daemon_process) -> None:
+    """A camera reconfigured to a larger size and reconnected. (Within one connection OpenCV's FFmpeg
+    backend rescales every frame to the first frame's size, so a change shows at a reconnect.)"""
+    server = MjpegServer(shapes("red square", (120, 160)), fps=25.0).start()
+    zmq_port, metrics_port = free_port(), free_port()
+    subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
+    daemon = daemon_process(config(stream_source("yard", server.url), zmq_port, metrics_port)).start()
+    try:
+        subscriber.receive_labels(10, timeout_s=60)
+        server.stop()
+        server.frame = shapes("red square", (240, 320), seed=1)
+        server.start()
+        subscriber.receive_labels(40, timeout_s=60)
+        metrics = scrape(metrics_port)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.stderr
+    finally:
+        subscriber.close()
+        server.stop()
+    assert {m["top_k"][0]["label"] for _, m in subscriber.labels} == {"red square"}
+    assert metrics[("nfnet_stream_resolution_changes_total", (("stream", "yard"),))] == 1
+    assert daemon.stderr.count("frame size changed from 160x120 to 320x240") == 1
