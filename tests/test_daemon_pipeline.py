@@ -143,3 +143,23 @@ def test_interval_classifies_every_nth_frame_and_accounts_for_the_rest(tmp_path:
     assert [m["dropped"] for m in labels] == [0] + [2] * 20
     assert [m["top_k"][0]["label"] for m in labels] == names[::3]
     assert metrics[("nfnet_stream_frames_dropped_total", (("cause", "interval"), ("stream", "cam1")))] == 40
+
+
+def test_on_change_publishes_once_per_label_run(tmp_path: Path, colour_model_path: Path, daemon_process) -> None:
+    names = colour_cycle(60, run=10)
+    video = write_video(tmp_path / "v.mp4", solid_frames([COLOURS[c] for c in names]))
+    zmq_port = free_port()
+    config = daemon_config(colour_model_path, {"cam1": video}, zmq_port, 0, exit_when_done=True)
+    config = config.replace(f'path = "{video}"', f'path = "{video}"\npublish = "on_change"\nheartbeat_s = 3600')
+    subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
+    daemon = daemon_process(config).start()
+    try:
+        assert daemon.wait(60) == 0, daemon.stderr
+        subscriber.receive_until(lambda m: False, timeout_s=10, quiet_s=0.5)
+    finally:
+        subscriber.close()
+    labels = [m for _, m in subscriber.labels]
+    assert [m["frame_index"] for m in labels] == list(range(0, 60, 10))
+    assert [m["top_k"][0]["label"] for m in labels] == names[::10]
+    assert [m["seq"] for m in labels] == list(range(6))
+    assert [(m["dropped"], m["suppressed"]) for m in labels] == [(0, 0)] + [(0, 9)] * 5

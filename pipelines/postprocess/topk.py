@@ -1,4 +1,4 @@
-"""Softmax and top-k over a batch of logits."""
+"""Softmax and top-k over a batch of scores."""
 
 from __future__ import annotations
 
@@ -22,15 +22,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def top_k(logits: np.ndarray, labels: Sequence[str], k: int) -> list[list[Prediction]]:
-    """The ``k`` most probable classes of each row, best first (ties: lower index first)."""
-    if logits.ndim != 2 or logits.shape[1] != len(labels):
-        raise ValueError(f"logits of shape {logits.shape} do not match {len(labels)} labels")
-    k = min(k, logits.shape[1])
-    probs = softmax(logits)
+def top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[Prediction]:
+    """The ``k`` most probable classes of one row of probabilities, best first (ties: lower index first)."""
+    if probabilities.ndim != 1 or probabilities.shape[0] != len(labels):
+        raise ValueError(f"scores of shape {probabilities.shape} do not match {len(labels)} labels")
     # A stable argsort of the negated scores keeps equal scores in index order.
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [
-        [Prediction(int(i), labels[i], float(row[i])) for i in row_order]
-        for row, row_order in zip(probs, order, strict=True)
-    ]
+    order = np.argsort(-probabilities, kind="stable")[: min(k, len(labels))]
+    return [Prediction(int(i), labels[i], float(probabilities[i])) for i in order]

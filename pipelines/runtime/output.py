@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from pipelines.frames import Batch, EndOfStream
-from pipelines.postprocess.topk import top_k
+from pipelines.postprocess.per_stream import StreamPostprocess
+from pipelines.postprocess.topk import softmax, top_k
 from pipelines.publishers.base import Publisher
 from pipelines.publishers.message import (
     STATUS_TOPIC,
@@ -24,20 +25,24 @@ from pipelines.runtime.metrics import STAGES, PipelineMetrics
 from pipelines.runtime.queues import POLL_S, get
 from pipelines.runtime.stage import Stage
 from pipelines.runtime.stream_state import StateChange, StreamStates
+from pipelines.sources.config import SourceBase
 
 log = logging.getLogger(__name__)
 
 
 class OutputStage(Stage):
     def __init__(self, inp: queue.Queue, publishers: list[Publisher], labels: tuple[str, ...], k: int,
-                 model_id: str, streams: list[str], states: StreamStates, abort: threading.Event,
+                 model_id: str, sources: dict[str, SourceBase], states: StreamStates, abort: threading.Event,
                  metrics: PipelineMetrics) -> None:
         super().__init__("output", abort)
         self._in = inp
         self._publishers = publishers
         self._labels, self._k = labels, k
         self._model_id = model_id
+        streams = list(sources)
         self._streams = streams
+        self._postprocess = {stream: StreamPostprocess(config) for stream, config in sources.items()}
+        self._suppressed: dict[str, int] = dict.fromkeys(streams, 0)  # classified, not published (on_change)
         self._states = states
         self._metrics = metrics
         self._counters = {s: metrics.counter_for(s, "publish") for s in streams}
@@ -63,16 +68,21 @@ class OutputStage(Stage):
     def _publish(self, batch: Batch) -> None:
         assert batch.scores is not None
         postprocess_start = time.perf_counter()
-        ranked = top_k(batch.scores, self._labels, self._k)
-        for frame, predictions in zip(batch.frames, ranked, strict=True):
+        for frame, probabilities in zip(batch.frames, softmax(batch.scores), strict=True):
             frame.times.postprocess_start = postprocess_start
             stream = frame.stream_id
+            postprocess = self._postprocess[stream]
+            predictions = top_k(postprocess.smooth(probabilities), self._labels, self._k)
+            if not postprocess.should_publish(predictions[0].index, time.monotonic()):
+                self._suppressed[stream] += 1
+                continue
             seq = self.published[stream]
-            dropped = frame.index - self._last_index[stream] - 1
+            suppressed, self._suppressed[stream] = self._suppressed[stream], 0
+            dropped = frame.index - self._last_index[stream] - 1 - suppressed
             self._last_index[stream] = frame.index
             latency = latency_breakdown_ms(frame, time.perf_counter())
-            self._send(stream, build_label_message(frame, seq, dropped, predictions, self._model_id, time.time_ns(),
-                                                   latency))
+            self._send(stream, build_label_message(frame, seq, dropped, suppressed, predictions, self._model_id,
+                                                   time.time_ns(), latency))
             self.published[stream] = seq + 1
             self._counters[stream].inc()
             self._end_to_end[stream].observe(latency["total"] / 1000.0)

@@ -54,7 +54,8 @@ class Pipeline:
         results: queue.Queue = queue.Queue(maxsize=config.input_buffers)
         self.pool = BufferPool(engine.input_buffers(config.input_buffers))
         self.inference = InferenceStage(batches, results, engine, self.pool, streams, self._abort, metrics)
-        self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id, streams,
+        self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id,
+                                  {source.stream_id: source.config for source in sources},
                                   self.states, self._abort, metrics)
         self.stages: list[Stage] = [
             *(CaptureStage(source, self.mux, self.states, self._stop, self._abort, metrics) for source in sources),

@@ -33,6 +33,13 @@ class SourceBase(StrictModel):
     max_frame_age_ms: float = Field(
         500.0, gt=0, description="Live sources: a frame older than this when its turn comes is dropped as stale.")
     reconnect: ReconnectConfig = ReconnectConfig()
+    smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Temporal smoothing: weight of the past in an exponential moving average of the scores "
+                    "(0: off; 0.8: about the last 5 frames).")
+    publish: Literal["every_frame", "on_change"] = Field(
+        "every_frame", description="on_change: publish only when the top label changes, or every heartbeat_s.")
+    heartbeat_s: float = Field(5.0, gt=0, description="With publish = on_change: the longest silence.")
 
 
 class FileSourceConfig(SourceBase):

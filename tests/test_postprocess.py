@@ -1,0 +1,42 @@
+"""Softmax/top-k, temporal smoothing and the on_change publish mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.postprocess import StreamPostprocess, softmax, top_k
+from pipelines.sources.config import FileSourceConfig
+
+LABELS = ("a", "b", "c")
+
+
+def stream(**settings: object) -> StreamPostprocess:
+    return StreamPostprocess(FileSourceConfig(id="s", path="x.mp4", **settings))
+
+
+def test_softmax_rows_sum_to_one_and_top_k_ranks_with_stable_ties() -> None:
+    probs = softmax(np.array([[1.0, 3.0, 3.0], [1000.0, 0.0, -1000.0]], dtype=np.float32))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert [p.label for p in top_k(probs[0], LABELS, 3)] == ["b", "c", "a"]
+    assert top_k(probs[1], LABELS, 1)[0].score == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="do not match"):
+        top_k(probs[0][:2], LABELS, 1)
+
+
+def test_smoothing_is_an_exponential_moving_average() -> None:
+    smoother = stream(smoothing=0.75)
+    first, second = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    np.testing.assert_allclose(smoother.smooth(first), first)
+    np.testing.assert_allclose(smoother.smooth(second), [0.75, 0.25, 0.0])
+    np.testing.assert_allclose(smoother.smooth(second), [0.5625, 0.4375, 0.0])
+    assert stream().smooth(second) is second, "smoothing 0 is off"
+
+
+def test_on_change_publishes_changes_and_heartbeats_only() -> None:
+    gate = stream(publish="on_change", heartbeat_s=5.0)
+    decisions = [gate.should_publish(label, now) for label, now in
+                 [(0, 0.0), (0, 1.0), (0, 4.9), (1, 5.0), (1, 6.0), (1, 10.1), (1, 10.2)]]
+    assert decisions == [True, False, False, True, False, True, False]
+    every = stream()
+    assert all(every.should_publish(0, t) for t in (0.0, 0.1, 0.2))
