@@ -8,9 +8,10 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO, SHAPES_MODEL, free_port
-from tests.mjpeg_server import MjpegServer
+from tests.live_servers import MjpegServer, RtspServer, rtsp_unavailable
 from tests.subscriber import Subscriber, scrape
 from tools.synthetic_shapes import LABELS, render_frame
 from tools.video_files import write_video
@@ -60,8 +61,22 @@ stall_timeout_s = 2.0
 """
 
 
-def test_stream_reconnects_after_its_server_dies(daemon_process) -> None:
-    server = MjpegServer(shapes("blue square"), fps=25.0).start()
+@pytest.fixture(params=["mjpeg-http", "rtsp"])
+def live_server(request: pytest.FixtureRequest, tmp_path: Path):
+    """A network camera serving "blue square" frames; ``frame`` can be swapped before a restart."""
+    if request.param == "mjpeg-http":
+        server = MjpegServer(shapes("blue square"), fps=25.0)
+    else:
+        reason = rtsp_unavailable()
+        if reason:
+            pytest.skip(reason)
+        server = RtspServer(shapes("blue square"), tmp_path / "rtsp")
+    yield server.start()
+    server.stop()
+
+
+def test_stream_reconnects_after_its_server_dies(live_server, daemon_process) -> None:
+    server = live_server
     zmq_port, metrics_port = free_port(), free_port()
     subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
     daemon = daemon_process(config(stream_source("door", server.url), zmq_port, metrics_port)).start()
