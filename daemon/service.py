@@ -78,6 +78,7 @@ class Daemon:
         for source_config in cfg.sources:
             source = create_source(source_config)
             self.sources.append(source)
+            source.check()
             if not is_live(source_config):  # a file that cannot be read is a configuration error: fail now
                 source.open()
                 log.info("stream %s: opened %s", source.stream_id, source_config.path)

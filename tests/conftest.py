@@ -39,10 +39,12 @@ def solid_frames(colours_rgb: list[tuple[int, int, int]], size_hw: tuple[int, in
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def daemon_config(model: Path, videos: dict[str, Path], zmq_port: int, metrics_port: int,
-                  exit_when_done: bool, batch_size: int = 4, engine: str = "") -> str:
-    """A daemon config for tests: every source a file, one subscriber awaited before starting."""
-    sources = "".join(f'\n[[sources]]\nid = "{sid}"\npath = "{path}"\n' for sid, path in videos.items())
+def daemon_config(model: Path, videos: dict[str, Path] | str, zmq_port: int, metrics_port: int,
+                  exit_when_done: bool, batch_size: int = 4, engine: str = "", top_k: int = 3) -> str:
+    """A daemon config for tests, one subscriber awaited before starting. ``videos``: file sources by
+    stream id, or the ``[[sources]]`` tables as TOML."""
+    sources = videos if isinstance(videos, str) else \
+        "".join(f'\n[[sources]]\nid = "{sid}"\npath = "{path}"\n' for sid, path in videos.items())
     return f"""
 [model]
 path = "{model}"
@@ -53,7 +55,7 @@ batch_size = {batch_size}
 
 [pipeline]
 exit_when_sources_end = {str(exit_when_done).lower()}
-top_k = 3
+top_k = {top_k}
 {sources}
 [publish.zmq]
 endpoint = "tcp://127.0.0.1:{zmq_port}"

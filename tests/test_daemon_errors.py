@@ -105,3 +105,18 @@ def test_metrics_port_in_use(tmp_path: Path, colour_model_path: Path, video: Pat
         config = tmp_path / "c.toml"
         config.write_text(config_text(colour_model_path, video).replace("port = 0", f"port = {port}"))
         assert_clean_error(run_daemon(config), EXIT_STARTUP, f"cannot serve metrics on 127.0.0.1:{port}")
+
+
+def test_paced_file_that_does_not_exist_fails_at_start(tmp_path: Path, colour_model_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(config_text(colour_model_path, tmp_path / "absent.mp4").replace(
+        'path = "' + str(tmp_path / "absent.mp4") + '"', 'path = "' + str(tmp_path / "absent.mp4") + '"\npace = true'))
+    assert_clean_error(run_daemon(config), EXIT_STARTUP, "video file not found")
+
+
+def test_gstreamer_source_without_gstreamer_support_says_so(tmp_path: Path, colour_model_path: Path,
+                                                            video: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(config_text(colour_model_path, video) + \
+        '\n[[sources]]\nid = "gst"\ntype = "gstreamer"\npipeline = "videotestsrc ! videoconvert ! appsink"\n')
+    assert_clean_error(run_daemon(config), EXIT_STARTUP, "no GStreamer support")

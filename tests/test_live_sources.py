@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, SHAPES_MODEL, free_port
+from tests.conftest import REPO, SHAPES_MODEL, daemon_config, free_port
 from tests.live_servers import MjpegServer, RtspServer, rtsp_unavailable
 from tests.subscriber import Subscriber, scrape
 from tools.synthetic_shapes import LABELS, render_frame
@@ -26,25 +26,8 @@ def shapes(label: str, size_hw: tuple[int, int] = (120, 160), seed: int = 0):
 
 
 def config(sources: str, zmq_port: int, metrics_port: int, engine: str = 'type = "onnxruntime"') -> str:
-    return f"""
-[model]
-path = "{SHAPES_MODEL}"
-
-[engine]
-batch_size = 1
-{engine}
-
-[pipeline]
-exit_when_sources_end = false
-top_k = 1
-{sources}
-[publish.zmq]
-endpoint = "tcp://127.0.0.1:{zmq_port}"
-wait_for_subscribers = 1
-
-[metrics]
-port = {metrics_port}
-"""
+    return daemon_config(SHAPES_MODEL, sources, zmq_port, metrics_port, exit_when_done=False, batch_size=1,
+                         engine=engine, top_k=1)
 
 
 def stream_source(stream_id: str, url: str) -> str:

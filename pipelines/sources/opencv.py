@@ -65,6 +65,10 @@ class OpenCvSource(Source):
         """The source's nominal frame rate (0 when unknown)."""
         return self._fps
 
+    def check(self) -> None:
+        """Raise :class:`SourceError` for what no reconnect can fix (a missing file, no GStreamer)."""
+        _target(self.config)
+
     def open(self) -> None:
         self.close()
         target, backend, params = _target(self.config)
