@@ -102,7 +102,12 @@ class CaptureStage(Stage):
         self._index += 1
         self._captured.inc()
         if self._paced:
+            # The frame exists from the moment a camera would deliver it: the wait for that moment is not
+            # latency, the decoding is. (For cameras and network streams read() itself waits for the
+            # device, so their capture time includes up to one frame interval of waiting.)
+            decode_s = time.perf_counter() - read_start
             self._pace(raw.pts)
+            read_start = time.perf_counter() - decode_s
         now = time.monotonic()
         cap = self._config.fps_cap
         if index % self._config.interval or (cap and now - self._last_accepted < 1.0 / cap):
