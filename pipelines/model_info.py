@@ -7,6 +7,7 @@ Every value is a JSON document stored as a string under a key prefixed with ``nf
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -170,6 +171,14 @@ def _check(condition: bool, message: str) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The file's sha256, read once per version of the file (model id and compile cache both need it,
+    and a large NFNet is gigabytes)."""
+    stat = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

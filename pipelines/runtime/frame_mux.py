@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipelines.frames import EndOfStream, Frame
+from pipelines.runtime.queues import POLL_S
 
 Item = Frame | EndOfStream
-POLL_S = 0.1
 
 
 @dataclass
@@ -27,6 +27,11 @@ class _StreamBuffer:
     max_age_s: float
     drop: Callable[[str], None]  # called with the cause of each dropped frame
     items: deque[Item] = field(default_factory=deque)
+
+    @property
+    def frames(self) -> int:
+        """Frames held (the end marker does not take a frame's room)."""
+        return sum(isinstance(item, Frame) for item in self.items)
 
 
 class FrameMux:
@@ -45,12 +50,11 @@ class FrameMux:
         """Hand ``item`` on; False if the pipeline was aborted while a file waited for room."""
         buffer = self._buffers[stream_id]
         with self._condition:
-            frames = sum(isinstance(i, Frame) for i in buffer.items)
-            if isinstance(item, Frame) and frames >= buffer.capacity:
+            if isinstance(item, Frame) and buffer.frames >= buffer.capacity:
                 if buffer.live:
                     self._evict_oldest(buffer)
                 else:
-                    while sum(isinstance(i, Frame) for i in buffer.items) >= buffer.capacity:
+                    while buffer.frames >= buffer.capacity:
                         if abort.is_set():
                             return False
                         self._condition.wait(POLL_S)

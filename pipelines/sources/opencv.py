@@ -60,11 +60,6 @@ class OpenCvSource(Source):
     def is_open(self) -> bool:
         return self._capture is not None
 
-    @property
-    def fps(self) -> float:
-        """The source's nominal frame rate (0 when unknown)."""
-        return self._fps
-
     def check(self) -> None:
         """Raise :class:`SourceError` for what no reconnect can fix (a missing file, no GStreamer)."""
         _target(self.config)
