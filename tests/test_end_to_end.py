@@ -14,23 +14,12 @@ import pytest
 
 from pipelines.model_info import model_id, read_model_info
 from tests.conftest import REPO, SHAPES_MODEL, daemon_config, free_port
+from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
 from tests.subscriber import Subscriber, scrape
 from tools.make_demo_video import make_video
 from tools.synthetic_shapes import LABELS
 
 SCHEMA_PATH = REPO / "pipelines" / "publishers" / "label_message.schema.json"
-
-
-DOUBLES_ENV = {"PYTHONPATH": str(REPO / "tests" / "doubles")}
-
-
-def migraphx_double_engine(cache_dir: Path, engine_type: str = "migraphx") -> str:
-    """[engine] lines for MIGraphX on the test doubles (the subprocess gets PYTHONPATH=tests/doubles)."""
-    return f'''type = "{engine_type}"
-[engine.migraphx]
-hip_library = "python:hip_runtime"
-cache_dir = "{cache_dir}"
-'''
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "migraphx-double"])

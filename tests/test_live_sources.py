@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, SHAPES_MODEL, daemon_config, free_port
+from tests.conftest import SHAPES_MODEL, daemon_config, free_port
+from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
 from tests.live_servers import MjpegServer, RtspServer, rtsp_unavailable
 from tests.subscriber import Subscriber, scrape
 from tools.synthetic_shapes import LABELS, render_frame
 from tools.video_files import write_video
-
-DOUBLES_ENV = {"PYTHONPATH": str(REPO / "tests" / "doubles")}
 
 
 def shapes(label: str, size_hw: tuple[int, int] = (120, 160), seed: int = 0):
@@ -128,7 +127,7 @@ def test_overload_keeps_latency_bounded_and_counts_every_drop(tmp_path: Path, da
     write_video(video, (shapes("green square")(n) for n in range(frames)), fps=fps)
     # The engine: MIGraphX on the test double, each device operation 22 ms -> ~15 frames/s (compute
     # stream: kernel + download per frame), a third of the 45 frames/s the source delivers.
-    engine = f'type = "migraphx"\n[engine.migraphx]\nhip_library = "python:hip_runtime"\ncache_dir = "{tmp_path}"\n'
+    engine = migraphx_double_engine(tmp_path)
     sources = f'\n[[sources]]\nid = "busy"\npath = "{video}"\npace = true\nbuffer_frames = 1\nmax_frame_age_ms = 100\n'
     zmq_port, metrics_port = free_port(), free_port()
     subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
