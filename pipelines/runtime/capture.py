@@ -42,7 +42,7 @@ class CaptureStage(Stage):
         self._drop: Callable[[str], None] = metrics.dropper(source.stream_id)
         self._index = 0  # the next frame's index in this stream
         self._last_accepted = float("-inf")
-        self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) of the first paced frame
+        self._pace_origin: tuple[float, float] | None = None  # (perf_counter, pts) of the first paced frame
 
     def loop(self) -> None:
         stream_id = self._source.stream_id
@@ -101,13 +101,15 @@ class CaptureStage(Stage):
         index = self._index
         self._index += 1
         self._captured.inc()
+        read_end = time.perf_counter()
         if self._paced:
-            # The frame exists from the moment a camera would deliver it: the wait for that moment is not
-            # latency, the decoding is. (For cameras and network streams read() itself waits for the
-            # device, so their capture time includes up to one frame interval of waiting.)
-            decode_s = time.perf_counter() - read_start
-            self._pace(raw.pts)
-            read_start = time.perf_counter() - decode_s
+            # The frame exists from the moment a camera would deliver it (its due time), decoded: the wait
+            # for that moment is not latency, and a reader that falls behind the clock is late, exactly as
+            # frames queued in a camera's driver would be. (For cameras and network streams read() itself
+            # waits for the device, so their capture time includes up to one frame interval of waiting.)
+            decode_s = read_end - read_start
+            read_end = self._pace(raw.pts)
+            read_start = read_end - decode_s
         now = time.monotonic()
         cap = self._config.fps_cap
         if index % self._config.interval or (cap and now - self._last_accepted < 1.0 / cap):
@@ -115,15 +117,16 @@ class CaptureStage(Stage):
             return
         self._last_accepted = now
         frame = Frame(self._source.stream_id, index, raw.pts, time.time_ns(),
-                      FrameTimes(read_start, time.perf_counter()), raw.image)
+                      FrameTimes(read_start, read_end), raw.image)
         self._mux.put(self._source.stream_id, frame, self.abort)
 
-    def _pace(self, pts: float) -> None:
-        """Sleep until the frame's time has come, as a camera would deliver it."""
+    def _pace(self, pts: float) -> float:
+        """Sleep until the frame's time has come, as a camera would deliver it; return that (perf_counter) time."""
         if self._pace_origin is None:
-            self._pace_origin = (time.monotonic(), pts)
+            self._pace_origin = (time.perf_counter(), pts)
         due = self._pace_origin[0] + (pts - self._pace_origin[1])
-        self._stop_reading.wait(max(0.0, due - time.monotonic()))
+        self._stop_reading.wait(max(0.0, due - time.perf_counter()))
+        return due
 
     def _give_up(self, failures: int, reason: str) -> bool:
         """Wait before the next attempt; True if attempts are exhausted."""

@@ -16,6 +16,7 @@ from typing import Any
 from pipelines.engines.base import Engine
 from pipelines.frames import Batch, EndOfStream
 from pipelines.preprocess.buffers import BufferPool
+from pipelines.runtime.engine_clock import EngineClock
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.queues import get, put
 from pipelines.runtime.stage import Stage
@@ -23,11 +24,12 @@ from pipelines.runtime.stage import Stage
 
 class InferenceStage(Stage):
     def __init__(self, inp: queue.Queue, out: queue.Queue, engine: Engine, pool: BufferPool,
-                 streams: list[str], abort: threading.Event, metrics: PipelineMetrics) -> None:
+                 streams: list[str], clock: EngineClock, abort: threading.Event, metrics: PipelineMetrics) -> None:
         super().__init__("inference", abort)
         self._in, self._out = inp, out
         self._engine = engine
         self._pool = pool
+        self._clock = clock
         self._streams = len(streams)
         self._counters = {s: metrics.counter_for(s, "inference") for s in streams}
         self._batch_size = metrics.batch_size
@@ -57,6 +59,7 @@ class InferenceStage(Stage):
             except BaseException:
                 self._pool.release(item.buffer)
                 raise
+            self._clock.submitted(start)
             self._pending.append((item, handle, start))
 
     def _collect(self) -> bool:
@@ -66,6 +69,7 @@ class InferenceStage(Stage):
         finally:
             self._pool.release(batch.buffer)
         end = time.perf_counter()
+        self._clock.collected(end)
         self._batch_size.observe(len(batch.frames))
         for frame in batch.frames:
             frame.times.inference_start, frame.times.inference_end = start, end

@@ -15,6 +15,7 @@ from pipelines.preprocess.transform import Preprocessor
 from pipelines.publishers.base import Publisher
 from pipelines.runtime.capture import CaptureStage
 from pipelines.runtime.config import PipelineConfig
+from pipelines.runtime.engine_clock import EngineClock
 from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.inference import InferenceStage
 from pipelines.runtime.metrics import PipelineMetrics
@@ -53,14 +54,16 @@ class Pipeline:
         batches: queue.Queue = queue.Queue(maxsize=config.input_buffers)
         results: queue.Queue = queue.Queue(maxsize=config.input_buffers)
         self.pool = BufferPool(engine.input_buffers(config.input_buffers))
-        self.inference = InferenceStage(batches, results, engine, self.pool, streams, self._abort, metrics)
+        clock = EngineClock(engine.max_in_flight)
+        self.inference = InferenceStage(batches, results, engine, self.pool, streams, clock, self._abort, metrics)
         self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id,
                                   {source.stream_id: source.config for source in sources},
                                   self.states, self._abort, metrics)
         self.stages: list[Stage] = [
             *(CaptureStage(source, self.mux, self.states, self._stop, self._abort, metrics) for source in sources),
             PreprocessStage(self.mux, batches, Preprocessor(info), self.pool, streams,
-                            config.batch_timeout_ms / 1000.0, self._abort, metrics),
+                            config.batch_timeout_ms / 1000.0, clock, any(is_live(s.config) for s in sources),
+                            self._abort, metrics),
             self.inference,
             self.output,
         ]

@@ -3,7 +3,9 @@
 A batch is handed on when it is full, when ``batch_timeout`` has passed since its first frame, or when
 a stream ends, so a slow or ending stream never holds frames back. A free buffer is secured *before* a
 frame is taken: frames wait in the frame mux, where a live stream keeps only its newest ones, rather than
-in this stage's hands, so what gets classified is as fresh as it can be.
+in this stage's hands, so what gets classified is as fresh as it can be. For the same reason, when any
+stream is live a new batch is started only one fill-time before the engine is expected to take it
+(``EngineClock``), not as soon as a buffer is free.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from pipelines.frames import Batch, EndOfStream, Frame
 from pipelines.preprocess.buffers import BufferPool, InputBuffer
 from pipelines.preprocess.transform import Preprocessor
+from pipelines.runtime.engine_clock import EngineClock, FillTimer
 from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.queues import POLL_S, put
@@ -26,14 +29,17 @@ log = logging.getLogger(__name__)
 
 class PreprocessStage(Stage):
     def __init__(self, inp: FrameMux, out: queue.Queue, preprocessor: Preprocessor, pool: BufferPool,
-                 streams: list[str], batch_timeout_s: float, abort: threading.Event,
-                 metrics: PipelineMetrics) -> None:
+                 streams: list[str], batch_timeout_s: float, clock: EngineClock, just_in_time: bool,
+                 abort: threading.Event, metrics: PipelineMetrics) -> None:
         super().__init__("preprocess", abort)
         self._in, self._out = inp, out
         self._preprocess = preprocessor
         self._pool = pool
         self._streams = len(streams)
         self._batch_timeout_s = batch_timeout_s
+        self._clock = clock
+        self._just_in_time = just_in_time
+        self._fill = FillTimer()
         self._counters = {s: metrics.counter_for(s, "preprocess") for s in streams}
         self._resolution_changes = {s: metrics.resolution_changes.labels(stream=s) for s in streams}
         self._frame_sizes: dict[str, tuple[int, int]] = {}
@@ -49,6 +55,8 @@ class PreprocessStage(Stage):
                 self._buffer = self._acquire()
                 if self._buffer is None:
                     return
+            if not self._frames and self._just_in_time and not self._wait_for_engine():
+                return
             timeout = max(0.0, deadline - time.monotonic()) if self._frames else None
             item = self._in.get(self.abort, timeout)
             if self.abort.is_set():
@@ -76,6 +84,12 @@ class PreprocessStage(Stage):
                 return buffer
         return None
 
+    def _wait_for_engine(self) -> bool:
+        """Before a new batch of live frames, wait until the engine is one fill-time from taking it."""
+        start_at = self._clock.accepts_at() - self._fill.lead_s(self._pool.batch)
+        self.abort.wait(max(0.0, start_at - time.perf_counter()))
+        return not self.abort.is_set()
+
     def _add(self, frame: Frame) -> None:
         assert self._buffer is not None and frame.image is not None
         self._note_frame_size(frame.stream_id, frame.image.shape[:2])
@@ -83,6 +97,7 @@ class PreprocessStage(Stage):
         self._preprocess(frame.image, self._buffer.array[len(self._frames)])
         frame.image = None  # the pixels are in the buffer now; free the decoded frame early
         frame.times.preprocess_end = time.perf_counter()
+        self._fill.observe(frame.times.preprocess_end - frame.times.preprocess_start)
         self._frames.append(frame)
         self._counters[frame.stream_id].inc()
 
@@ -103,4 +118,5 @@ class PreprocessStage(Stage):
             return
         batch = Batch(self._frames, self._buffer)
         self._buffer, self._frames = None, []
+        self._clock.handed_on()
         put(self._out, batch, self.abort)
