@@ -1,8 +1,8 @@
-"""Inference stage: submits batches to the engine, collects their logits in order, recycles buffers.
+"""Inference: one stage submits batches to the engine, another collects their logits in order.
 
-Up to ``engine.max_in_flight`` batches are outstanding, so a GPU engine copies batch N+1 while it
-computes batch N. The oldest is collected as soon as the engine is full or no new batch is waiting, so
-a lull never holds a finished batch back.
+Two threads, so that waiting for a running batch never holds the next one back: up to
+``engine.max_in_flight`` batches are outstanding, and a GPU engine copies batch N+1 while it computes
+batch N. Batches and end-of-stream markers pass from submitter to collector in one queue, in order.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines.engines.base import Engine
@@ -18,60 +18,100 @@ from pipelines.frames import Batch, EndOfStream
 from pipelines.preprocess.buffers import BufferPool
 from pipelines.runtime.engine_clock import EngineClock
 from pipelines.runtime.metrics import PipelineMetrics
-from pipelines.runtime.queues import get, put
+from pipelines.runtime.queues import POLL_S, get, put
 from pipelines.runtime.stage import Stage
 
 
-class InferenceStage(Stage):
-    def __init__(self, inp: queue.Queue, out: queue.Queue, engine: Engine, pool: BufferPool,
-                 streams: list[str], clock: EngineClock, abort: threading.Event, metrics: PipelineMetrics) -> None:
-        super().__init__("inference", abort)
-        self._in, self._out = inp, out
+@dataclass(frozen=True, slots=True)
+class _Submitted:
+    batch: Batch
+    handle: Any
+    start: float
+
+
+class InFlight:
+    """What the submitter hands the collector, and the bound on how many batches the engine holds."""
+
+    def __init__(self, max_in_flight: int) -> None:
+        self.items: queue.Queue[_Submitted | EndOfStream] = queue.Queue()
+        self.slots = threading.BoundedSemaphore(max_in_flight)
+
+
+class SubmitStage(Stage):
+    def __init__(self, inp: queue.Queue, in_flight: InFlight, engine: Engine, pool: BufferPool,
+                 streams: int, clock: EngineClock, abort: threading.Event) -> None:
+        super().__init__("inference-submit", abort)
+        self._in, self._in_flight = inp, in_flight
         self._engine = engine
         self._pool = pool
+        self._streams = streams
         self._clock = clock
-        self._streams = len(streams)
-        self._counters = {s: metrics.counter_for(s, "inference") for s in streams}
-        self._batch_size = metrics.batch_size
-        self._pending: deque[tuple[Batch, Any, float]] = deque()
 
     def loop(self) -> None:
         open_streams = self._streams
-        while open_streams or self._pending:
-            if self._pending and (not open_streams or len(self._pending) >= self._engine.max_in_flight
-                                  or self._in.empty()):
-                if not self._collect():
-                    return
-                continue
+        while open_streams:
             item = get(self._in, self.abort)
             if item is None:
                 return
             if isinstance(item, EndOfStream):
-                while self._pending:  # everything of this stream before its end marker goes first
-                    if not self._collect():
-                        return
-                put(self._out, item, self.abort)
                 open_streams -= 1
+                self._in_flight.items.put(item)
                 continue
+            if not self._take_slot():
+                self._pool.release(item.buffer)
+                return
             start = time.perf_counter()
+            self._clock.submitted(start)  # before: a synchronous engine has finished when submit returns
             try:
                 handle = self._engine.submit(item.buffer.array, len(item.frames))
             except BaseException:
                 self._pool.release(item.buffer)
                 raise
-            self._clock.submitted(start)
-            self._pending.append((item, handle, start))
+            self._in_flight.items.put(_Submitted(item, handle, start))
 
-    def _collect(self) -> bool:
-        batch, handle, start = self._pending.popleft()
+    def _take_slot(self) -> bool:
+        while not self.abort.is_set():
+            if self._in_flight.slots.acquire(timeout=POLL_S):
+                return True
+        return False
+
+
+class CollectStage(Stage):
+    def __init__(self, in_flight: InFlight, out: queue.Queue, engine: Engine, pool: BufferPool,
+                 streams: list[str], clock: EngineClock, abort: threading.Event, metrics: PipelineMetrics) -> None:
+        super().__init__("inference-collect", abort)
+        self._in_flight, self._out = in_flight, out
+        self._engine = engine
+        self._pool = pool
+        self._streams = len(streams)
+        self._clock = clock
+        self._counters = {s: metrics.counter_for(s, "inference") for s in streams}
+        self._batch_size = metrics.batch_size
+
+    def loop(self) -> None:
+        open_streams = self._streams
+        while open_streams:
+            item = get(self._in_flight.items, self.abort)
+            if item is None:
+                return
+            if isinstance(item, EndOfStream):
+                open_streams -= 1
+                if not put(self._out, item, self.abort):
+                    return
+            elif not self._collect(item):
+                return
+
+    def _collect(self, submitted: _Submitted) -> bool:
+        batch = submitted.batch
         try:
-            batch.scores = self._engine.result(handle)
+            batch.scores = self._engine.result(submitted.handle)
         finally:
+            self._in_flight.slots.release()
             self._pool.release(batch.buffer)
         end = time.perf_counter()
         self._clock.collected(end)
         self._batch_size.observe(len(batch.frames))
         for frame in batch.frames:
-            frame.times.inference_start, frame.times.inference_end = start, end
+            frame.times.inference_start, frame.times.inference_end = submitted.start, end
             self._counters[frame.stream_id].inc()
         return put(self._out, batch, self.abort)

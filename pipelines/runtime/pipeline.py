@@ -17,7 +17,7 @@ from pipelines.runtime.capture import CaptureStage
 from pipelines.runtime.config import PipelineConfig
 from pipelines.runtime.engine_clock import EngineClock
 from pipelines.runtime.frame_mux import FrameMux
-from pipelines.runtime.inference import InferenceStage
+from pipelines.runtime.inference import CollectStage, InFlight, SubmitStage
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.output import OutputStage
 from pipelines.runtime.preprocess import PreprocessStage
@@ -55,7 +55,7 @@ class Pipeline:
         results: queue.Queue = queue.Queue(maxsize=config.input_buffers)
         self.pool = BufferPool(engine.input_buffers(config.input_buffers))
         clock = EngineClock(engine.max_in_flight)
-        self.inference = InferenceStage(batches, results, engine, self.pool, streams, clock, self._abort, metrics)
+        in_flight = InFlight(engine.max_in_flight)
         self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id,
                                   {source.stream_id: source.config for source in sources},
                                   self.states, self._abort, metrics)
@@ -64,7 +64,8 @@ class Pipeline:
             PreprocessStage(self.mux, batches, Preprocessor(info), self.pool, streams,
                             config.batch_timeout_ms / 1000.0, clock, any(is_live(s.config) for s in sources),
                             self._abort, metrics),
-            self.inference,
+            SubmitStage(batches, in_flight, engine, self.pool, len(streams), clock, self._abort),
+            CollectStage(in_flight, results, engine, self.pool, streams, clock, self._abort, metrics),
             self.output,
         ]
         metrics.watch_queue("capture", self.mux.depth)
