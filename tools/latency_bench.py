@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--engine", choices=["auto", "migraphx", "onnxruntime"], default="auto")
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="ONNX Runtime's intra-op threads (0: its default, one per core)")
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--loads", default="0.5,1,3", help="comma-separated multiples of the capacity")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load's run")
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    engine = EngineConfig(type=args.engine, batch_size=args.batch_size)
+    engine = EngineConfig(type=args.engine, batch_size=args.batch_size,
+                          onnxruntime={"intra_op_threads": args.intra_op_threads})
     width, height = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory() as scratch:
         probe = Path(scratch) / "capacity.mp4"
