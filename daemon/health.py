@@ -1,12 +1,12 @@
 """What ``/readyz`` answers: is the daemon doing its job?
 
-Ready means the model is loaded and the pipeline runs (``Daemon.ready``: the same moment systemd is told),
-the daemon is not stopping, and no stream has failed. A live stream that is ``connecting`` or
-``reconnecting`` is the daemon working as configured (it keeps retrying with backoff), and a stream that
-``ended`` (a file read to its end, or any stream after a stop) finished normally: both count as fine.
-Only ``failed`` (a live source that gave up after ``reconnect.max_attempts``) makes a stream not fine.
-A camera that stays down is therefore not a readiness failure but an alert on
-``nfnet_stream_source_state{state="reconnecting"}``.
+Ready means the pipeline runs (``Daemon.ready``: the model is loaded and warmed up, the sources are open,
+the awaited subscribers arrived), the daemon is not stopping, and no stream has failed. A live stream
+that is ``connecting`` or ``reconnecting`` is the daemon working as configured (it keeps retrying with
+backoff), and a stream that ``ended`` (a file read to its end, or any stream after a stop) finished
+normally: both are fine. Only ``failed`` (a live source that gave up after ``reconnect.max_attempts``)
+makes a stream, and so the daemon, not ready. A camera that stays down is therefore not a readiness
+failure but an alert on ``nfnet_stream_source_state{state="reconnecting"}``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,16 @@ class Readiness:
 
 
 def assess(ready: threading.Event, pipeline: Pipeline | None) -> Readiness:
-    """The daemon's readiness from its ready event and its pipeline (None while the model loads)."""
-    model_ready = ready.is_set() and pipeline is not None
-    stopping = pipeline is not None and pipeline.stopping
+    """The daemon's readiness from its ready event and its pipeline (None until the model is loaded)."""
+    if pipeline is None:
+        phase = "starting"
+    elif pipeline.stopping:
+        phase = "stopping"
+    else:
+        phase = "running" if ready.is_set() else "starting"
     streams = {stream: _stream(change) for stream, change in (pipeline.states.latest() if pipeline else {}).items()}
-    ok = model_ready and not stopping and all(stream["ok"] for stream in streams.values())
-    return Readiness(ok, {"ready": ok, "model": "ready" if model_ready else "loading", "stopping": stopping,
+    ok = phase == "running" and all(stream["ok"] for stream in streams.values())
+    return Readiness(ok, {"ready": ok, "model": "loading" if pipeline is None else "ready", "pipeline": phase,
                           "streams": streams})
 
 

@@ -46,7 +46,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class StatusApp:
-    """The WSGI app: routes by path; GET and HEAD only."""
+    """The WSGI app: routes by path; GET only (as prometheus_client's own app)."""
 
     def __init__(self, registry: CollectorRegistry, readiness: Callable[[], Readiness]) -> None:
         self._metrics = make_wsgi_app(registry)
@@ -56,9 +56,9 @@ class StatusApp:
         path, method = environ.get("PATH_INFO", "/"), environ["REQUEST_METHOD"]
         if path not in ROUTES:
             return _json(start_response, "404 Not Found", {"error": f"no {path}; try {', '.join(ROUTES)}"})
-        if method not in ("GET", "HEAD"):
+        if method != "GET":
             return _json(start_response, "405 Method Not Allowed", {"error": f"{method} not allowed"},
-                         [("Allow", "GET, HEAD")])
+                         [("Allow", "GET")])
         if path == "/metrics":
             return self._metrics(environ, start_response)
         if path == "/healthz":
