@@ -10,34 +10,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tests.conftest import SHAPES_MODEL, daemon_config, free_port, write_video
+from tests.conftest import SHAPES_MODEL, daemon_config, free_port
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
+from tests.source_tables import dead_stream, file_source
 from tests.subscriber import Subscriber, get, poll, scrape
-from tools.synthetic_shapes import LABELS, render_frame
-
-
-def file_source(stream_id: str, path: Path, frames: int) -> str:
-    rng = np.random.default_rng(0)
-    write_video(path, (render_frame(LABELS.index("red circle"), rng, 120, 160) for _ in range(frames)))
-    return f'\n[[sources]]\nid = "{stream_id}"\npath = "{path}"\n'
-
-
-def dead_stream(stream_id: str, max_attempts: int | None = None) -> str:
-    """A live source whose server is down (nothing listens on its port)."""
-    attempts = f"max_attempts = {max_attempts}" if max_attempts else ""
-    return f"""
-[[sources]]
-id = "{stream_id}"
-type = "stream"
-url = "http://127.0.0.1:{free_port()}/stream.mjpg"
-open_timeout_s = 2.0
-[sources.reconnect]
-base_s = 0.2
-cap_s = 0.5
-{attempts}
-"""
 
 
 def test_readyz_through_loading_waiting_running_ended_and_stopping(tmp_path: Path, daemon_process) -> None:
