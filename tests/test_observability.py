@@ -12,6 +12,7 @@ import signal
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -154,6 +155,20 @@ def test_dashboard_shows_every_daemon_metric(exposition: str) -> None:
 def test_alert_rules_query_only_what_the_daemon_exports(exposition: str) -> None:
     samples = exported(exposition)
     assert [problem for expr in rule_queries() for problem in problems(expr, samples)] == []
+
+
+@needs_promtool
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each query (Grafana's variables filled in) as a recording rule."""
+    filled = {"$__rate_interval": "1m", "$job": "nfnet-stream", "$instance": ".*", "$stream": ".*"}
+    rules = [{"record": f"nfnet_stream:dashboard_query_{n}:value",
+              "expr": re.sub(r"\$\w+", lambda m: filled[m[0]], expr)} for n, expr in enumerate(dashboard_queries())]
+    rules_file = tmp_path / "dashboard-rules.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run(["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
 
 
 @needs_promtool
