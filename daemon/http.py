@@ -1,30 +1,93 @@
-"""The HTTP endpoint Prometheus scrapes."""
+"""The daemon's HTTP endpoint: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for supervisors.
+
+A small WSGI app on the standard library's server, one thread per request (a slow scrape does not hold up
+a health check); ``/metrics`` is prometheus_client's own WSGI app over the daemon's private registry.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from wsgiref.simple_server import WSGIServer
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.types import StartResponse, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from daemon.health import Readiness
 
 log = logging.getLogger(__name__)
 
+ROUTES = ("/metrics", "/healthz", "/readyz")
+
 
 class HttpEndpointError(RuntimeError):
-    """The metrics endpoint cannot listen where it was configured to."""
+    """The endpoint cannot listen where it was configured to."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int) -> None:
+        # IPv4 or IPv6, whichever the configured host is.
+        self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        super().__init__((host, port), _QuietHandler)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Requests go to the debug log, not to stderr (a scrape every few seconds is not news)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class StatusApp:
+    """The WSGI app: routes by path; GET only (as prometheus_client's own app)."""
+
+    def __init__(self, registry: CollectorRegistry, readiness: Callable[[], Readiness]) -> None:
+        self._metrics = make_wsgi_app(registry)
+        self._readiness = readiness
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", "/"), environ["REQUEST_METHOD"]
+        if path not in ROUTES:
+            return _json(start_response, "404 Not Found", {"error": f"no {path}; try {', '.join(ROUTES)}"})
+        if method != "GET":
+            return _json(start_response, "405 Method Not Allowed", {"error": f"{method} not allowed"},
+                         [("Allow", "GET")])
+        if path == "/metrics":
+            return self._metrics(environ, start_response)
+        if path == "/healthz":
+            return _json(start_response, "200 OK", {"status": "ok"})
+        readiness = self._readiness()
+        return _json(start_response, "200 OK" if readiness.ready else "503 Service Unavailable", readiness.body)
+
+
+def _json(start_response: StartResponse, status: str, body: dict[str, Any],
+          headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+    payload = json.dumps(body).encode() + b"\n"
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+                            ("Cache-Control", "no-store"), *(headers or [])])
+    return [payload]
 
 
 class MetricsServer:
-    """Serves ``/metrics`` from a private registry on a background thread."""
+    """Serves :class:`StatusApp` on a background thread until :meth:`close`."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, readiness: Callable[[], Readiness]) -> None:
         try:
-            self._server: WSGIServer
-            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+            self._server = _ThreadingServer(host, port)
         except OSError as exc:
             raise HttpEndpointError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+        self._server.set_app(StatusApp(registry, readiness))
         self.host, self.port = self._server.server_address[:2]
-        log.info("metrics at http://%s:%d/metrics", self.host, self.port)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._thread.start()
+        log.info("metrics at http://%s:%d/metrics, health at /healthz and /readyz", self.host, self.port)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -32,4 +95,4 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-__all__ = ["HttpEndpointError", "MetricsServer"]
+__all__ = ["HttpEndpointError", "MetricsServer", "StatusApp"]

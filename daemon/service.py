@@ -14,6 +14,7 @@ import time
 from types import FrameType
 
 from daemon.config import DaemonConfig
+from daemon.health import assess
 from daemon.http import MetricsServer
 from pipelines.engines import Engine, create_engine
 from pipelines.model_info import ModelInfo, model_id, read_model_info
@@ -56,6 +57,9 @@ class Daemon:
 
     def startup(self) -> None:
         cfg = self.config
+        if cfg.metrics.enabled:  # first: /healthz answers, and /readyz says "loading", while the model loads
+            self.http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,
+                                      lambda: assess(self.ready, self.pipeline))
         self.info = read_model_info(cfg.model.path)
         identity = model_id(cfg.model.path, self.info)
         log.info("model %s (%s, input %s, %d classes, weights %s)", identity, cfg.model.path,
@@ -89,9 +93,6 @@ class Daemon:
         for publisher in self.publishers:
             if isinstance(publisher, ZmqPublisher):
                 log.info("publishing labels on %s", publisher.endpoint)
-        if cfg.metrics.enabled:
-            self.http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry)
-
         self.pipeline = Pipeline(self.sources, self.engine, self.info, self.publishers, identity,
                                  cfg.pipeline, self.metrics)
         self._wait_for_subscribers()

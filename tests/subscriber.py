@@ -1,9 +1,10 @@
-"""A test subscriber on a real ZeroMQ SUB socket, and a Prometheus scrape helper."""
+"""A test subscriber on a real ZeroMQ SUB socket, and HTTP helpers for the daemon's endpoint (scrape, get, poll)."""
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -67,3 +68,31 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, Any]:
+    """``(status, body)`` of an HTTP request to the daemon (JSON bodies decoded); error statuses too."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, raw, kind = response.status, response.read(), response.headers.get_content_type()
+    except urllib.error.HTTPError as error:
+        status, raw, kind = error.code, error.read(), error.headers.get_content_type()
+    return status, json.loads(raw) if kind == "application/json" else raw.decode()
+
+
+def poll(port: int, path: str, done: Callable[[int, Any], bool], timeout_s: float) -> list[tuple[int, Any]]:
+    """Request ``path`` every 20 ms (connection refused: not up yet) until ``done(status, body)``; return
+    every answer received, in order."""
+    answers: list[tuple[int, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while not answers or not done(*answers[-1]):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: not done within {timeout_s}s; last answers: {answers[-3:]}")
+        try:
+            answers.append(get(port, path))
+        except urllib.error.URLError as error:
+            if not isinstance(error.reason, ConnectionRefusedError):
+                raise
+        time.sleep(0.02)
+    return answers

@@ -43,6 +43,7 @@ class CaptureStage(Stage):
         self._index = 0  # the next frame's index in this stream
         self._last_accepted = float("-inf")
         self._pace_origin: tuple[float, float] | None = None  # (perf_counter, pts) of the first paced frame
+        self._gave_up = ""  # why the stream failed, if it did
 
     def loop(self) -> None:
         stream_id = self._source.stream_id
@@ -53,7 +54,8 @@ class CaptureStage(Stage):
             self._source.close()
         # The output stage announces the end, after this stream's last label.
         previous = self._states.get(stream_id)
-        self._states.set(stream_id, final_state, f"{self._index} frames read", announce=False)
+        detail = "; ".join(filter(None, (self._gave_up, f"{self._index} frames read")))
+        self._states.set(stream_id, final_state, detail, announce=False)
         self._mux.put(stream_id, EndOfStream(stream_id, self._index, final_state, previous), self.abort)
 
     def _capture(self) -> str:
@@ -132,7 +134,8 @@ class CaptureStage(Stage):
         """Wait before the next attempt; True if attempts are exhausted."""
         reconnect = self._config.reconnect
         if reconnect.max_attempts is not None and failures >= reconnect.max_attempts:
-            log.error("stream %s: giving up after %d attempts: %s", self._source.stream_id, failures, reason)
+            self._gave_up = f"gave up after {failures} attempts: {reason}"
+            log.error("stream %s: %s", self._source.stream_id, self._gave_up)
             return True
         delay = backoff_delay(failures, reconnect.base_s, reconnect.cap_s)
         log.info("stream %s: %s; reconnect attempt %d in %.1fs", self._source.stream_id, reason, failures, delay)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 
 PREFIX = "nfnet_stream"
 
@@ -18,6 +18,8 @@ class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux)
+        PlatformCollector(registry=r)  # python_info
         self.frames = Counter(
             f"{PREFIX}_frames", "Frames that passed each stage, per stream.", ["stream", "stage"], registry=r)
         self.stage_latency = Histogram(

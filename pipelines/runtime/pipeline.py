@@ -90,6 +90,11 @@ class Pipeline:
         return not any(stage.is_alive() for stage in self.stages)
 
     @property
+    def stopping(self) -> bool:
+        """``stop()`` or ``abort()`` was called: the pipeline is draining or ending."""
+        return self._stop.is_set() or self._abort.is_set()
+
+    @property
     def aborted(self) -> bool:
         return self._abort.is_set()
 

@@ -1,0 +1,205 @@
+"""What Prometheus and Grafana are given: a real daemon's /metrics passes ``promtool check metrics``;
+every metric, label and label value that the Grafana dashboard and the alert rules query is exported by
+a real daemon (a file that ended, a live stream reconnecting, MIGraphX's compiled-program cache), and
+every nfnet_stream_ metric is on the dashboard; the Prometheus config and rules pass promtool."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.config import MetricsConfig
+from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
+from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
+from tests.promql import Matcher, Query, Selector, parse
+from tests.source_tables import dead_stream, file_source
+from tests.subscriber import Subscriber, get, poll
+
+DASHBOARD = REPO / "configs" / "grafana" / "nfnet-stream-dashboard.json"
+PROMETHEUS_CONFIG = REPO / "configs" / "prometheus" / "nfnet-stream.yml"
+ALERT_RULES = REPO / "configs" / "prometheus" / "nfnet-stream-alerts.yml"
+TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
+SYNTHETIC_METRICS = frozenset({"up"})  # made by Prometheus for each target, never exported
+LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
+
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="no promtool (Debian's prometheus; tests/install-system-deps.sh)")
+
+
+@pytest.fixture(scope="module")
+def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """/metrics of a daemon with an ended file, a reconnecting live stream and a MIGraphX (double) engine."""
+    tmp = tmp_path_factory.mktemp("observed")
+    zmq_port, port = free_port(), free_port()
+    sources = file_source("lobby", tmp / "lobby.mp4", 8) + dead_stream("gate")
+    daemon = DaemonProcess(tmp, daemon_config(SHAPES_MODEL, sources, zmq_port, port, exit_when_done=False,
+                                              engine=migraphx_double_engine(tmp / "cache")), DOUBLES_ENV)
+    subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
+    try:
+        daemon.start()
+        subscriber.receive_labels(8, timeout_s=60)
+        poll(port, "/readyz", lambda status, body: body["streams"]["lobby"]["state"] == "ended"
+             and body["streams"]["gate"]["state"] == "reconnecting", timeout_s=30)
+        status, text = get(port, "/metrics")
+        assert status == 200
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.stderr
+        yield text
+    finally:
+        subscriber.close()
+        daemon.kill()
+
+
+def exported(text: str) -> dict[str, dict[str, set[str]]]:
+    """Sample name → label name → the values it takes."""
+    samples: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = samples[sample.name]
+            for name, value in sample.labels.items():
+                labels[name].add(value)
+    return samples
+
+
+def dashboard_queries() -> list[str]:
+    """Every panel query of the dashboard (rows included) and every variable's label_values() selector."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            found.extend([node["expr"]] if isinstance(node.get("expr"), str) else [])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    walk(dashboard["panels"])
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            match = LABEL_VALUES.match(variable["query"]["query"])
+            assert match and match["selector"], f"variable {variable['name']}: not label_values(metric, label)"
+            found.append(f"sum by ({match['label']}) ({match['selector']})")
+    return found
+
+
+def rule_queries() -> list[str]:
+    rules = yaml.safe_load(ALERT_RULES.read_text())
+    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def problems(expr: str, samples: dict[str, dict[str, set[str]]]) -> list[str]:
+    """What ``expr`` asks for that the daemon does not export."""
+    query = parse(expr)
+    if not query.selectors:
+        return [f"no metric in {expr!r}"]
+    found = []
+    for selector in query.selectors:
+        if selector.metric in SYNTHETIC_METRICS:
+            continue
+        if selector.metric not in samples:
+            found.append(f"{selector.metric}: not exported")
+            continue
+        labels = samples[selector.metric]
+        for matcher in selector.matchers:
+            if matcher.label not in labels and matcher.label not in TARGET_LABELS:
+                found.append(f"{selector.metric}: no label {matcher.label!r}")
+            elif matcher.op == "=" and "$" not in matcher.value and matcher.label not in TARGET_LABELS \
+                    and matcher.value not in labels[matcher.label]:
+                found.append(f"{selector.metric}: {matcher.label} is never {matcher.value!r}")
+        found += [f"{selector.metric}: no label {label!r} to group by" for label in sorted(query.grouping)
+                  if label not in labels and label not in TARGET_LABELS]
+    return found
+
+
+@needs_promtool
+def test_metrics_pass_promtool_check(exposition: str) -> None:
+    result = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_process_metrics_are_exported(exposition: str) -> None:
+    samples = exported(exposition)
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "python_info"} <= set(samples)
+
+
+def test_dashboard_queries_only_what_the_daemon_exports(exposition: str) -> None:
+    samples = exported(exposition)
+    queries = dashboard_queries()
+    assert len(queries) >= 20
+    assert [problem for expr in queries for problem in problems(expr, samples)] == []
+
+
+def test_dashboard_shows_every_daemon_metric(exposition: str) -> None:
+    """(prometheus_client's *_created timestamps aside.)"""
+    queried = set().union(*(parse(expr).metrics for expr in dashboard_queries()))
+    families = {family.name: {sample.name for sample in family.samples}
+                for family in text_string_to_metric_families(exposition)
+                if family.name.startswith("nfnet_stream_") and not family.name.endswith("_created")}
+    assert sorted(name for name, sample_names in families.items() if not sample_names & queried) == []
+
+
+def test_alert_rules_query_only_what_the_daemon_exports(exposition: str) -> None:
+    samples = exported(exposition)
+    assert [problem for expr in rule_queries() for problem in problems(expr, samples)] == []
+
+
+@needs_promtool
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each query (Grafana's variables filled in) as a recording rule."""
+    filled = {"$__rate_interval": "1m", "$job": "nfnet-stream", "$instance": ".*", "$stream": ".*"}
+    rules = [{"record": f"nfnet_stream:dashboard_query_{n}:value",
+              "expr": re.sub(r"\$\w+", lambda m: filled[m[0]], expr)} for n, expr in enumerate(dashboard_queries())]
+    rules_file = tmp_path / "dashboard-rules.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run(["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+@needs_promtool
+def test_prometheus_config_and_rules_pass_promtool() -> None:
+    for command in (["check", "config", str(PROMETHEUS_CONFIG)], ["check", "rules", str(ALERT_RULES)]):
+        result = subprocess.run(["promtool", *command], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout and "WARNING" not in result.stdout + result.stderr
+
+
+def test_prometheus_config_scrapes_the_default_endpoint() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    job = next(job for job in config["scrape_configs"] if job["job_name"] == "nfnet-stream")
+    defaults = MetricsConfig()
+    assert job["static_configs"][0]["targets"] == [f"{defaults.host}:{defaults.port}"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+@pytest.mark.parametrize(("expr", "expected"), [
+    ('histogram_quantile(0.99, sum by (le, stream) (rate(x_seconds_bucket{job=~"$job", stream=~"$stream"}'
+     '[$__rate_interval])))',
+     Query([Selector("x_seconds_bucket", (Matcher("job", "=~", "$job"), Matcher("stream", "=~", "$stream")))],
+           {"le", "stream"})),
+    ('sum without (cause) (increase(a_total{x="1"}[5m] offset 1h)) / on (stream) group_left (model_id) b_info',
+     Query([Selector("a_total", (Matcher("x", "=", "1"),)), Selector("b_info")], {"cause", "stream", "model_id"})),
+    ('count(up{job="nfnet"} == 1) or vector(0)', Query([Selector("up", (Matcher("job", "=", "nfnet"),))])),
+    ('sum(rate(a[1m])) by (stream) > bool 2e3', Query([Selector("a")], {"stream"})),
+    ('{__name__="foo", a="}"}', Query([Selector("foo", (Matcher("a", "=", "}"),))])),
+    ('max_over_time(process_resident_memory_bytes[1h:5m]) > 1e9 and topk(3, rate(x[5m]))',
+     Query([Selector("process_resident_memory_bytes"), Selector("x")])),
+    ('label_replace(a, "dst", "$1", "src", "(.*)")', Query([Selector("a")])),
+])
+def test_promql_extraction(expr: str, expected: Query) -> None:
+    assert parse(expr) == expected
