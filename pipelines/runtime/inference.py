@@ -17,6 +17,7 @@ from pipelines.engines.base import Engine
 from pipelines.frames import Batch, EndOfStream
 from pipelines.preprocess.buffers import BufferPool
 from pipelines.runtime.metrics import PipelineMetrics
+from pipelines.runtime.progress import ProgressTracker
 from pipelines.runtime.queues import get, put
 from pipelines.runtime.stage import Stage
 
@@ -32,6 +33,7 @@ class InferenceStage(Stage):
         self._counters = {s: metrics.counter_for(s, "inference") for s in streams}
         self._batch_size = metrics.batch_size
         self._pending: deque[tuple[Batch, Any, float]] = deque()
+        self.progress = ProgressTracker()
 
     def loop(self) -> None:
         open_streams = self._streams
@@ -51,6 +53,7 @@ class InferenceStage(Stage):
                 put(self._out, item, self.abort)
                 open_streams -= 1
                 continue
+            self.progress.took()
             start = time.perf_counter()
             try:
                 handle = self._engine.submit(item.buffer.array, len(item.frames))
@@ -70,4 +73,7 @@ class InferenceStage(Stage):
         for frame in batch.frames:
             frame.times.inference_start, frame.times.inference_end = start, end
             self._counters[frame.stream_id].inc()
-        return put(self._out, batch, self.abort)
+        if not put(self._out, batch, self.abort):
+            return False
+        self.progress.handed_on()
+        return True

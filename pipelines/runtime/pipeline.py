@@ -20,6 +20,7 @@ from pipelines.runtime.inference import InferenceStage
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.output import OutputStage
 from pipelines.runtime.preprocess import PreprocessStage
+from pipelines.runtime.progress import Progress
 from pipelines.runtime.stage import Stage
 from pipelines.runtime.stream_state import StreamStates
 from pipelines.sources import OpenCvSource, is_live
@@ -88,6 +89,10 @@ class Pipeline:
     @property
     def aborted(self) -> bool:
         return self._abort.is_set()
+
+    def progress(self) -> Progress:
+        """The engine's heartbeat (see :mod:`pipelines.runtime.progress`)."""
+        return self.inference.progress.snapshot()
 
     def failures(self) -> list[StageFailure]:
         return [StageFailure(stage.name, stage.error) for stage in self.stages if stage.error is not None]
