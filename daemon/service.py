@@ -8,6 +8,7 @@ drain longer than ``pipeline.drain_timeout_s``, aborts.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -16,6 +17,8 @@ from types import FrameType
 from daemon.config import DaemonConfig
 from daemon.health import assess
 from daemon.http import MetricsServer
+from daemon.systemd_notify import SystemdNotifier
+from daemon.systemd_reporter import SystemdReporter
 from pipelines.engines import Engine, create_engine
 from pipelines.model_info import ModelInfo, model_id, read_model_info
 from pipelines.publishers import Publisher, create_publishers
@@ -42,6 +45,7 @@ class Daemon:
         self.http: MetricsServer | None = None
         self.pipeline: Pipeline | None = None
         self.ready = threading.Event()
+        self.systemd = SystemdReporter(SystemdNotifier(os.environ))
         self._signals: list[int] = []  # appended by signal handlers, consumed by the main loop
         self._old_handlers: dict[int, object] = {}
 
@@ -60,11 +64,13 @@ class Daemon:
         if cfg.metrics.enabled:  # first: /healthz answers, and /readyz says "loading", while the model loads
             self.http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,
                                       lambda: assess(self.ready, self.pipeline))
+        self.systemd.status("loading model")
         self.info = read_model_info(cfg.model.path)
         identity = model_id(cfg.model.path, self.info)
         log.info("model %s (%s, input %s, %d classes, weights %s)", identity, cfg.model.path,
                  "x".join(map(str, self.info.input_size)), self.info.num_classes, self.info.weights.describe())
 
+        self.systemd.status("building engine (compiling unless cached), warming up")
         started = time.perf_counter()
         self.engine = create_engine(cfg.engine, cfg.model.path, self.info)
         self.engine.warmup(cfg.engine.warmup_runs)
@@ -99,6 +105,7 @@ class Daemon:
         self.pipeline.start()
         self.ready.set()
         log.info("ready: %d stream(s)", len(self.sources))
+        self.systemd.ready(self.pipeline)
 
     def main_loop(self) -> int:
         assert self.pipeline is not None
@@ -111,6 +118,7 @@ class Daemon:
                 if drain_deadline is None:
                     log.info("%s: stopping sources, publishing frames in flight", signal.Signals(signum).name)
                     pipeline.stop()
+                    self.systemd.stopping("draining: publishing frames in flight")
                     drain_deadline = time.monotonic() + cfg.drain_timeout_s
                 else:
                     log.warning("%s again: aborting the drain", signal.Signals(signum).name)
@@ -135,9 +143,11 @@ class Daemon:
                           cfg.drain_timeout_s, self._published_summary())
                 pipeline.abort()
                 return EXIT_RUNTIME_FAILURE
+            self.systemd.tick(draining=drain_deadline is not None)
             time.sleep(TICK_S)
 
     def shutdown(self) -> None:
+        self.systemd.stopping("shutting down")
         if self.pipeline is not None:
             self.pipeline.stop()
             still_running = self.pipeline.join(timeout_s=5.0)
@@ -154,6 +164,7 @@ class Daemon:
             self.engine.close()
         if self.http is not None:
             self.http.close()
+        self.systemd.close()
 
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """What a signal does: record it for the main loop (no locks: safe in a handler, any thread)."""
@@ -165,6 +176,7 @@ class Daemon:
         if not wanted or not zmq_publishers:
             return
         log.info("waiting up to %.0fs for %d subscriber(s)", self.config.publish.zmq.wait_timeout_s, wanted)
+        self.systemd.status(f"waiting for {wanted} subscriber(s)")
         got = zmq_publishers[0].wait_for_subscribers(wanted, self.config.publish.zmq.wait_timeout_s,
                                                      cancelled=lambda: bool(self._signals))
         if self._signals:

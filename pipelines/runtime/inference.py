@@ -18,6 +18,7 @@ from pipelines.frames import Batch, EndOfStream
 from pipelines.preprocess.buffers import BufferPool
 from pipelines.runtime.engine_clock import EngineClock
 from pipelines.runtime.metrics import PipelineMetrics
+from pipelines.runtime.progress import ProgressTracker
 from pipelines.runtime.queues import POLL_S, get, put
 from pipelines.runtime.stage import Stage
 
@@ -39,13 +40,14 @@ class InFlight:
 
 class SubmitStage(Stage):
     def __init__(self, inp: queue.Queue, in_flight: InFlight, engine: Engine, pool: BufferPool,
-                 streams: int, clock: EngineClock, abort: threading.Event) -> None:
+                 streams: int, clock: EngineClock, progress: ProgressTracker, abort: threading.Event) -> None:
         super().__init__("inference-submit", abort)
         self._in, self._in_flight = inp, in_flight
         self._engine = engine
         self._pool = pool
         self._streams = streams
         self._clock = clock
+        self._progress = progress
 
     def loop(self) -> None:
         open_streams = self._streams
@@ -60,6 +62,7 @@ class SubmitStage(Stage):
             if not self._take_slot():
                 self._pool.release(item.buffer)
                 return
+            self._progress.took()
             start = time.perf_counter()
             self._clock.submitted(start)  # before: a synchronous engine has finished when submit returns
             try:
@@ -78,13 +81,15 @@ class SubmitStage(Stage):
 
 class CollectStage(Stage):
     def __init__(self, in_flight: InFlight, out: queue.Queue, engine: Engine, pool: BufferPool,
-                 streams: list[str], clock: EngineClock, abort: threading.Event, metrics: PipelineMetrics) -> None:
+                 streams: list[str], clock: EngineClock, progress: ProgressTracker, abort: threading.Event,
+                 metrics: PipelineMetrics) -> None:
         super().__init__("inference-collect", abort)
         self._in_flight, self._out = in_flight, out
         self._engine = engine
         self._pool = pool
         self._streams = len(streams)
         self._clock = clock
+        self._progress = progress
         self._counters = {s: metrics.counter_for(s, "inference") for s in streams}
         self._batch_size = metrics.batch_size
 
@@ -114,4 +119,7 @@ class CollectStage(Stage):
         for frame in batch.frames:
             frame.times.inference_start, frame.times.inference_end = submitted.start, end
             self._counters[frame.stream_id].inc()
-        return put(self._out, batch, self.abort)
+        if not put(self._out, batch, self.abort):
+            return False
+        self._progress.handed_on()
+        return True

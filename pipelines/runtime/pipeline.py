@@ -21,6 +21,7 @@ from pipelines.runtime.inference import CollectStage, InFlight, SubmitStage
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.output import OutputStage
 from pipelines.runtime.preprocess import PreprocessStage
+from pipelines.runtime.progress import Progress, ProgressTracker
 from pipelines.runtime.stage import Stage
 from pipelines.runtime.stream_state import StreamStates
 from pipelines.sources import OpenCvSource, is_live
@@ -56,6 +57,7 @@ class Pipeline:
         self.pool = BufferPool(engine.input_buffers(config.input_buffers))
         clock = EngineClock(engine.max_in_flight)
         in_flight = InFlight(engine.max_in_flight)
+        self._progress = ProgressTracker()
         self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id,
                                   {source.stream_id: source.config for source in sources},
                                   self.states, self._abort, metrics)
@@ -64,8 +66,8 @@ class Pipeline:
             PreprocessStage(self.mux, batches, Preprocessor(info), self.pool, streams,
                             config.batch_timeout_ms / 1000.0, clock, any(is_live(s.config) for s in sources),
                             self._abort, metrics),
-            SubmitStage(batches, in_flight, engine, self.pool, len(streams), clock, self._abort),
-            CollectStage(in_flight, results, engine, self.pool, streams, clock, self._abort, metrics),
+            SubmitStage(batches, in_flight, engine, self.pool, len(streams), clock, self._progress, self._abort),
+            CollectStage(in_flight, results, engine, self.pool, streams, clock, self._progress, self._abort, metrics),
             self.output,
         ]
         metrics.watch_queue("capture", self.mux.depth)
@@ -97,6 +99,10 @@ class Pipeline:
     @property
     def aborted(self) -> bool:
         return self._abort.is_set()
+
+    def progress(self) -> Progress:
+        """The engine's heartbeat (see :mod:`pipelines.runtime.progress`)."""
+        return self._progress.snapshot()
 
     def failures(self) -> list[StageFailure]:
         return [StageFailure(stage.name, stage.error) for stage in self.stages if stage.error is not None]
