@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from daemon.check import check_config
 from daemon.config import ConfigError, load_config
 from daemon.http import HttpEndpointError
 from daemon.logs import configure_logging
@@ -25,6 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Exit codes: 0 done, 1 failed while running, 2 bad configuration, 3 could not start.",
     )
     parser.add_argument("--config", required=True, help="TOML configuration file")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, open the model and the files, probe the engine choice, "
+                             "print a summary and exit (0: all good)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="override logging.level from the configuration")
     return parser.parse_args(argv)
@@ -37,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(args.log_level or config.logging.level)
+    configure_logging(args.log_level or config.logging.level, config.logging.format)
     try:
+        if args.check_config:
+            print("\n".join(check_config(config, Path(args.config))))
+            return 0
         return Daemon(config).run()
     except (ModelMetadataError, EngineError, SourceError, PublisherError, HttpEndpointError) as exc:
         print(f"nfnet-daemon: error: {exc}", file=sys.stderr)

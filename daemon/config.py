@@ -2,13 +2,20 @@
 
 Each table is the sub-config of the component that uses it (``pipelines/*/config.py``); this module
 only composes them and turns validation failures into messages that name the file and the key.
+
+Environment variables override the file, so that secrets (a camera URL with credentials, key files) and
+site paths need not be written into it: ``NFNET_<TABLE>__<KEY>`` with ``__`` between levels and list
+items by index, e.g. ``NFNET_MODEL__PATH``, ``NFNET_SOURCES__0__URL``, ``NFNET_LOGGING__LEVEL``. Values are
+parsed as TOML values where they can be (numbers, booleans, arrays), else taken as strings.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -36,6 +43,8 @@ class MetricsConfig(StrictModel):
 
 class LoggingConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = Field(
+        "text", description="text: human-readable lines; json: one JSON object a line (journald, log shippers).")
 
 
 class DaemonConfig(StrictModel):
@@ -56,8 +65,12 @@ class DaemonConfig(StrictModel):
         return self
 
 
-def load_config(path: str | Path) -> DaemonConfig:
-    """Read and validate a TOML config; raise :class:`ConfigError` with one line per problem."""
+ENV_PREFIX = "NFNET_"
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Read and validate a TOML config, with ``NFNET_*`` overrides from ``environ`` (default: the process
+    environment); raise :class:`ConfigError` with one line per problem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -69,15 +82,55 @@ def load_config(path: str | Path) -> DaemonConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    overrides = apply_env_overrides(data, os.environ if environ is None else environ)
     try:
         return DaemonConfig.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
-        problems = "\n".join(f"  {path}: {_describe(error)}" for error in exc.errors())
+        problems = "\n".join(f"  {path}: {_describe(error, overrides)}" for error in exc.errors())
         raise ConfigError(f"{path}: invalid configuration\n{problems}") from None
 
 
-def _describe(error: dict) -> str:
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str | int, ...], str]:
+    """Write every ``NFNET_A__B__C`` variable into ``data`` at ``a.b.c``; return {location: variable}."""
+    applied: dict[tuple[str | int, ...], str] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        location = tuple(int(part) if part.isdigit() else part.lower()
+                         for part in name[len(ENV_PREFIX):].split("__"))
+        if "" in location:
+            raise ConfigError(f"{name}: empty key in the variable's name")
+        _set(data, location, _env_value(environ[name]), name)
+        applied[location] = name
+    return applied
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set(data: dict[str, Any], location: tuple[str | int, ...], value: Any, name: str) -> None:
+    node: Any = data
+    for depth, part in enumerate(location):
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise ConfigError(f"{name}: there is no item {part} at {_location(location[:depth]) or 'the top'}")
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{name}: {_location(location[:depth])} is not a table")
+        if depth == len(location) - 1:
+            node[part] = value
+        else:
+            node = node[part] if isinstance(part, int) else node.setdefault(part, {})
+
+
+def _describe(error: dict, overrides: Mapping[tuple[str | int, ...], str]) -> str:
     location = _location(error["loc"])
+    source = next((name for loc, name in overrides.items() if _location(loc) == location), None)
+    if source is not None:
+        location = f"{location} (from {source})"
     if error["type"] == "extra_forbidden":
         return f"{location}: unknown key"
     if error["type"] == "missing":

@@ -1,16 +1,42 @@
-"""Logging set-up: plain lines on stderr (journald adds its own timestamps under systemd)."""
+"""Logging set-up: human-readable lines by default, or one JSON object a line (``logging.format = "json"``)
+for journald and log shippers. Both go to stderr; under systemd, journald adds its own timestamps.
+
+Nothing is logged per frame at ``info``: per-frame facts are in the published messages and the metrics.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 
-FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+from pipelines.log_context import CONTEXT_FIELDS
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def configure_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """``{"time", "level", "logger", "message", "stream_id"?, "seq"?, "frame_index"?, "exception"?}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in CONTEXT_FIELDS:
+            if hasattr(record, field):
+                entry[field] = getattr(record, field)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

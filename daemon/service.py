@@ -20,6 +20,7 @@ from daemon.http import MetricsServer
 from daemon.systemd_notify import SystemdNotifier
 from daemon.systemd_reporter import SystemdReporter
 from pipelines.engines import Engine, create_engine
+from pipelines.log_context import stream_context
 from pipelines.model_info import ModelInfo, model_id, read_model_info
 from pipelines.publishers import Publisher, create_publishers
 from pipelines.publishers.zmq import ZmqPublisher
@@ -91,7 +92,8 @@ class Daemon:
             source.check()
             if not is_live(source_config):  # a file that cannot be read is a configuration error: fail now
                 source.open()
-                log.info("stream %s: opened %s", source.stream_id, source_config.path)
+                log.info("stream %s: opened %s", source.stream_id, source_config.path,
+                         extra=stream_context(source.stream_id))
             # Live sources are opened by their capture stage, which keeps retrying: a camera that is
             # down at start-up must not stop the daemon (nor the other streams).
 

@@ -74,3 +74,33 @@ def test_bundled_configs_are_valid() -> None:
         if path.name == "demo.toml":  # the others name a box's own files
             assert config.model.path.is_file(), f"{path}: model {config.model.path} does not exist"
             assert all(source.path.is_file() for source in config.sources)
+
+
+def test_environment_overrides_secrets_and_paths(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[[sources]]\nid = "gate"\ntype = "stream"\nurl = "rtsp://camera/stream"\n'
+    config = load_config(write(tmp_path, text), environ={
+        "NFNET_MODEL__PATH": "/srv/models/f0.onnx",
+        "NFNET_SOURCES__1__URL": "rtsp://user:secret@camera/stream",
+        "NFNET_SOURCES__1__RECONNECT__MAX_ATTEMPTS": "7",
+        "NFNET_LOGGING__FORMAT": "json",
+        "NFNET_PIPELINE__TOP_K": "3",
+        "NFNET_UNRELATED": "not a config key: ignored",
+        "OTHER__THING": "ignored",
+    })
+    assert config.model.path == Path("/srv/models/f0.onnx")
+    assert config.sources[1].url == "rtsp://user:secret@camera/stream"
+    assert config.sources[1].reconnect.max_attempts == 7
+    assert config.logging.format == "json"
+    assert config.pipeline.top_k == 3
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    ("NFNET_PIPELINE__TOP_KK", "3", "pipeline.top_kk (from NFNET_PIPELINE__TOP_KK): unknown key"),
+    ("NFNET_PIPELINE__TOP_K", "many", "pipeline.top_k (from NFNET_PIPELINE__TOP_K): Input should be a valid integer"),
+    ("NFNET_SOURCES__5__URL", "rtsp://x", "NFNET_SOURCES__5__URL: there is no item 5 at sources"),
+    ("NFNET_MODEL__PATH__X", "1", "NFNET_MODEL__PATH__X: model.path is not a table"),
+])
+def test_bad_environment_overrides_name_the_variable(tmp_path: Path, variable: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, MINIMAL), environ={variable: value})
+    assert expected in str(caught.value)

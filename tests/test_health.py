@@ -50,7 +50,7 @@ def test_readyz_through_loading_waiting_running_ended_and_stopping(tmp_path: Pat
                                             "seconds_in_state": body["streams"]["short"]["seconds_in_state"]}
         assert body["streams"]["long"]["state"] == "running"
         assert body["streams"]["gate"]["ok"] is True
-        assert "cannot open http://127.0.0.1" in body["streams"]["gate"]["detail"]
+        assert "cannot open stream http://127.0.0.1" in body["streams"]["gate"]["detail"]
 
         assert get(port, "/nope")[0] == 404
         assert get(port, "/readyz", method="POST")[0] == 405
@@ -96,6 +96,6 @@ def test_readyz_fails_naming_the_stream_that_gave_up(tmp_path: Path, daemon_proc
     assert body["ready"] is False and body["model"] == "ready" and body["pipeline"] == "running"
     gate = body["streams"]["gate"]
     assert gate["ok"] is False
-    assert gate["detail"].startswith("gave up after 1 attempts: source 'gate': cannot open http://127.0.0.1")
+    assert gate["detail"].startswith("gave up after 1 attempts: source 'gate': cannot open stream http://127.0.0.1")
     assert body["streams"]["lobby"]["ok"] is True
     assert metrics[("nfnet_stream_source_state", (("state", "failed"), ("stream", "gate")))] == 1

@@ -116,7 +116,7 @@ def test_source_down_at_start_does_not_stop_the_daemon_or_other_streams(tmp_path
     assert {topic for topic, _ in labels} == {"lobby"}
     assert {m["top_k"][0]["label"] for _, m in labels} == {"red circle"}
     assert metrics[("nfnet_stream_source_state", (("state", "reconnecting"), ("stream", "gate")))] == 1
-    assert "cannot open http://127.0.0.1" in daemon.stderr
+    assert "cannot open stream http://127.0.0.1" in daemon.stderr
 
 
 @pytest.mark.parametrize("streams, batch, op_delay_s, fps", [

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from pipelines.engines.base import Engine, EngineError
+from pipelines.engines.batching import resolve_batch
 from pipelines.engines.config import EngineConfig, MigraphxOptions
 from pipelines.model_info import ModelInfo
 
@@ -24,17 +25,38 @@ def migraphx_unavailable(options: MigraphxOptions) -> str | None:
     return None
 
 
+def choose_engine(config: EngineConfig) -> tuple[str, str]:
+    """The engine ``config`` selects on this machine, and why."""
+    if config.type != "auto":
+        return config.type, "configured"
+    reason = migraphx_unavailable(config.migraphx)
+    if reason is None:
+        return "migraphx", "auto: MIGraphX, which imports and sees a GPU"
+    return "onnxruntime", f"auto: ONNX Runtime, because {reason}"
+
+
+def probe_engine(config: EngineConfig, model_path: Path, info: ModelInfo) -> str:
+    """Check, without building it, that the chosen engine can run this model here; describe the choice.
+    Raises :class:`EngineError` for what would stop the daemon at start-up."""
+    kind, why = choose_engine(config)
+    batch = resolve_batch(model_path, info.batch, config.batch_size)
+    if kind == "migraphx":
+        reason = migraphx_unavailable(config.migraphx)
+        if reason is not None:
+            raise EngineError(reason)
+        options = config.migraphx
+        return (f"migraphx ({why}), target {options.target}, {'fp16' if options.fp16 else info.precision}, "
+                f"batch {batch}, program cache {options.cache_dir}")
+    from pipelines.engines.onnxruntime import resolve_providers
+
+    return f"onnxruntime ({why}), providers {', '.join(resolve_providers(config.onnxruntime))}, batch {batch}"
+
+
 def create_engine(config: EngineConfig, model_path: Path, info: ModelInfo) -> Engine:
     """Build the configured engine for ``model_path``; ``auto`` logs what it chose and why."""
-    kind = config.type
-    if kind == "auto":
-        reason = migraphx_unavailable(config.migraphx)
-        if reason is None:
-            log.info("engine auto: MIGraphX, which imports and sees a GPU")
-            kind = "migraphx"
-        else:
-            log.info("engine auto: ONNX Runtime, because %s", reason)
-            kind = "onnxruntime"
+    kind, why = choose_engine(config)
+    if config.type == "auto":
+        log.info("engine %s", why)
     if kind == "migraphx":
         from pipelines.engines.migraphx_engine import MigraphxEngine
 
@@ -44,4 +66,5 @@ def create_engine(config: EngineConfig, model_path: Path, info: ModelInfo) -> En
     return OnnxRuntimeEngine(model_path, info, config)
 
 
-__all__ = ["Engine", "EngineConfig", "EngineError", "create_engine", "migraphx_unavailable"]
+__all__ = ["Engine", "EngineConfig", "EngineError", "choose_engine", "create_engine", "migraphx_unavailable",
+           "probe_engine"]

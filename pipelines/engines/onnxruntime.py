@@ -10,7 +10,7 @@ import numpy as np
 
 from pipelines.engines.base import Engine, EngineError
 from pipelines.engines.batching import resolve_batch
-from pipelines.engines.config import EngineConfig
+from pipelines.engines.config import EngineConfig, OnnxRuntimeOptions
 from pipelines.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,23 @@ def best_providers(available: list[str]) -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
+def resolve_providers(options: OnnxRuntimeOptions) -> list[str]:
+    """The providers a session will use: the configured ones, or the best available; raise
+    :class:`EngineError` if one is missing here or ``provider_options`` names one not in use."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = options.providers or best_providers(available)
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise EngineError(
+            f"ONNX Runtime providers {missing} are not available in this installation (available: {available})")
+    unknown = sorted(set(options.provider_options) - set(providers))
+    if unknown:
+        raise EngineError(f"engine.onnxruntime.provider_options names providers not in use: {unknown}")
+    return providers
+
+
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
@@ -35,17 +52,7 @@ class OnnxRuntimeEngine(Engine):
         import onnxruntime as ort
 
         options = config.onnxruntime
-        available = ort.get_available_providers()
-        providers = options.providers or best_providers(available)
-        missing = [p for p in providers if p not in available]
-        if missing:
-            raise EngineError(
-                f"ONNX Runtime providers {missing} are not available in this installation "
-                f"(available: {available})"
-            )
-        unknown = sorted(set(options.provider_options) - set(providers))
-        if unknown:
-            raise EngineError(f"engine.onnxruntime.provider_options names providers not in use: {unknown}")
+        providers = resolve_providers(options)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.intra_op_num_threads = options.intra_op_threads

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from pipelines.frames import EndOfStream, Frame, FrameTimes
+from pipelines.log_context import stream_context
 from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.stage import Stage
@@ -44,6 +45,7 @@ class CaptureStage(Stage):
         self._last_accepted = float("-inf")
         self._pace_origin: tuple[float, float] | None = None  # (perf_counter, pts) of the first paced frame
         self._gave_up = ""  # why the stream failed, if it did
+        self._context = stream_context(source.stream_id)
 
     def loop(self) -> None:
         stream_id = self._source.stream_id
@@ -83,7 +85,8 @@ class CaptureStage(Stage):
             raw = self._source.read()
             if raw is None:
                 if not self._live or self._paced:
-                    log.info("stream %s: source ended after %d frames", self._source.stream_id, self._index)
+                    log.info("stream %s: source ended after %d frames", self._source.stream_id, self._index,
+                             extra=self._context)
                     return "ended"
                 # A live source that stops delivering: a lost connection, a stall past the read timeout,
                 # or a frame that would not decode. Count it as one lost frame and reconnect.
@@ -96,7 +99,8 @@ class CaptureStage(Stage):
                     return "failed"
                 continue
             self._hand_on(raw, read_start)
-        log.info("stream %s: capture stopped after %d frames", self._source.stream_id, self._index)
+        log.info("stream %s: capture stopped after %d frames", self._source.stream_id, self._index,
+                 extra=self._context)
         return "ended"
 
     def _hand_on(self, raw: RawFrame, read_start: float) -> None:
@@ -135,10 +139,11 @@ class CaptureStage(Stage):
         reconnect = self._config.reconnect
         if reconnect.max_attempts is not None and failures >= reconnect.max_attempts:
             self._gave_up = f"gave up after {failures} attempts: {reason}"
-            log.error("stream %s: %s", self._source.stream_id, self._gave_up)
+            log.error("stream %s: %s", self._source.stream_id, self._gave_up, extra=self._context)
             return True
         delay = backoff_delay(failures, reconnect.base_s, reconnect.cap_s)
-        log.info("stream %s: %s; reconnect attempt %d in %.1fs", self._source.stream_id, reason, failures, delay)
+        log.info("stream %s: %s; reconnect attempt %d in %.1fs", self._source.stream_id, reason, failures, delay,
+                 extra=self._context)
         self._states.set(self._source.stream_id, "reconnecting", f"{reason}; retry {failures} in {delay:.1f}s")
         self._stop_reading.wait(delay)
         return False

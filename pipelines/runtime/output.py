@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from pipelines.frames import Batch, EndOfStream
+from pipelines.log_context import stream_context
 from pipelines.postprocess.per_stream import StreamPostprocess
 from pipelines.postprocess.topk import softmax, top_k
 from pipelines.publishers.base import Publisher
@@ -92,7 +93,7 @@ class OutputStage(Stage):
     def _end(self, end: EndOfStream) -> None:
         stream = end.stream_id
         log.info("stream %s: %s; %d of its %d frames published", stream, end.state, self.published[stream],
-                 end.frames)
+                 end.frames, extra=stream_context(stream, seq=self.published[stream] - 1))
         self._metrics.streams_ended.labels(stream=stream).inc()
         self._send(STATUS_TOPIC, build_status_message(
             stream, end.state, end.previous_state, f"{self.published[stream]} of {end.frames} frames published",

@@ -16,6 +16,7 @@ import threading
 import time
 
 from pipelines.frames import Batch, EndOfStream, Frame
+from pipelines.log_context import stream_context
 from pipelines.preprocess.buffers import BufferPool, InputBuffer
 from pipelines.preprocess.transform import Preprocessor
 from pipelines.runtime.engine_clock import EngineClock, FillTimer
@@ -92,7 +93,7 @@ class PreprocessStage(Stage):
 
     def _add(self, frame: Frame) -> None:
         assert self._buffer is not None and frame.image is not None
-        self._note_frame_size(frame.stream_id, frame.image.shape[:2])
+        self._note_frame_size(frame.stream_id, frame.index, frame.image.shape[:2])
         frame.times.preprocess_start = time.perf_counter()
         self._preprocess(frame.image, self._buffer.array[len(self._frames)])
         frame.image = None  # the pixels are in the buffer now; free the decoded frame early
@@ -101,7 +102,7 @@ class PreprocessStage(Stage):
         self._frames.append(frame)
         self._counters[frame.stream_id].inc()
 
-    def _note_frame_size(self, stream_id: str, size: tuple[int, int]) -> None:
+    def _note_frame_size(self, stream_id: str, frame_index: int, size: tuple[int, int]) -> None:
         """Count every change of a stream's frame size; log the first one (the preprocessing adapts)."""
         previous = self._frame_sizes.get(stream_id)
         self._frame_sizes[stream_id] = size
@@ -111,7 +112,8 @@ class PreprocessStage(Stage):
         if stream_id not in self._size_change_logged:
             self._size_change_logged.add(stream_id)
             log.warning("stream %s: frame size changed from %dx%d to %dx%d; preprocessing adapts "
-                        "(further changes are only counted)", stream_id, previous[1], previous[0], size[1], size[0])
+                        "(further changes are only counted)", stream_id, previous[1], previous[0], size[1], size[0],
+                        extra=stream_context(stream_id, frame_index=frame_index))
 
     def _hand_on(self) -> None:
         if not self._frames:

@@ -9,6 +9,7 @@ import queue
 import threading
 import time
 
+from pipelines.log_context import stream_context
 from pipelines.runtime.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class StreamStates:
         for name in STATES:
             self._gauges[(stream_id, name)].set(1.0 if name == state else 0.0)
         level = logging.WARNING if state in ("reconnecting", "failed") else logging.INFO
-        log.log(level, "stream %s: %s -> %s%s", stream_id, previous or "-", state, f" ({detail})" if detail else "")
+        log.log(level, "stream %s: %s -> %s%s", stream_id, previous or "-", state, f" ({detail})" if detail else "",
+                extra=stream_context(stream_id))
         if announce:
             self.changes.put(change)
         return change

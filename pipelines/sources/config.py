@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Discriminator, Field, Tag
 
@@ -85,3 +86,24 @@ SourceConfig = Annotated[
 def is_live(config: SourceBase) -> bool:
     """Live sources do not wait for the pipeline: their frames can be dropped (and are counted)."""
     return not isinstance(config, FileSourceConfig) or config.pace
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs, errors and status messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def describe_source(config: SourceBase) -> str:
+    """What a source reads, as safe to print: a stream URL's password is hidden."""
+    if isinstance(config, FileSourceConfig):
+        return f"file {config.path}" + (" (paced)" if config.pace else "")
+    if isinstance(config, StreamSourceConfig):
+        return f"stream {redact_url(config.url)}"
+    if isinstance(config, CameraSourceConfig):
+        return f"camera {config.device}"
+    assert isinstance(config, GStreamerSourceConfig)
+    return f"gstreamer {config.pipeline}"

@@ -13,6 +13,7 @@ from pipelines.sources.config import (
     GStreamerSourceConfig,
     SourceBase,
     StreamSourceConfig,
+    describe_source,
 )
 
 
@@ -70,11 +71,12 @@ class OpenCvSource(Source):
         capture = cv2.VideoCapture(target, backend, params)
         if not capture.isOpened():
             capture.release()
-            raise SourceError(f"source {self.stream_id!r}: cannot open {target}")
+            raise SourceError(f"source {self.stream_id!r}: cannot open {describe_source(self.config)}")
         ok, image = capture.read()
         if not ok or image is None:
             capture.release()
-            raise SourceError(f"source {self.stream_id!r}: {target} delivered no decodable video frame")
+            raise SourceError(f"source {self.stream_id!r}: {describe_source(self.config)} delivered no decodable "
+                              "video frame")
         self._fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
         self._capture = capture
         self._delivered = 0

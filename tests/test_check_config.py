@@ -1,0 +1,85 @@
+"""``nfnet-daemon --check-config``: a real process validates, opens the model and the files, probes the
+engine, prints a summary and exits without starting anything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SHAPES_MODEL, solid_frames, write_video
+
+
+def check(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon", "--config", str(config), "--check-config"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    write_video(tmp_path / "lobby.mp4", solid_frames([(255, 0, 0)] * 5))
+    path = tmp_path / "daemon.toml"
+    path.write_text(f"""
+[model]
+path = "{SHAPES_MODEL}"
+[engine]
+type = "onnxruntime"
+[[sources]]
+id = "lobby"
+path = "lobby.mp4"
+[[sources]]
+id = "gate"
+type = "stream"
+url = "rtsp://viewer:s3cret@127.0.0.1:9/gate"
+[metrics]
+port = 1
+""")
+    return path
+
+
+def test_a_good_config_is_summarised_without_starting_anything(config_file: Path) -> None:
+    result = check(config_file)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{config_file}: valid"
+    assert any(line.startswith("  model    shapes_nfnet:") and "8 classes" in line for line in lines)
+    assert any(line.startswith("  engine   onnxruntime (configured), providers CPUExecutionProvider") for line in lines)
+    assert f"  source   lobby: file {config_file.parent / 'lobby.mp4'} (opened, first frame decoded)" in lines
+    # The camera is not contacted (nothing listens on port 9) and its password is not printed.
+    assert "  source   gate: stream rtsp://viewer:***@127.0.0.1:9/gate (live: not contacted)" in lines
+    assert "s3cret" not in result.stdout + result.stderr
+    # Port 1 would need root to bind: nothing was bound, nothing ran.
+    assert "  http     http://127.0.0.1:1/metrics, /healthz, /readyz" in lines
+
+
+def test_environment_overrides_are_what_is_checked(config_file: Path) -> None:
+    result = check(config_file, env={"NFNET_LOGGING__FORMAT": "json", "NFNET_SOURCES__0__PACE": "true"})
+    assert result.returncode == 0, result.stderr
+    assert "  logging  info, json" in result.stdout.splitlines()
+    assert "(paced)" in result.stdout
+
+
+@pytest.mark.parametrize("variable, value, code, message", [
+    ("NFNET_MODEL__PATH", "/nonexistent/model.onnx", 3, "model file not found: /nonexistent/model.onnx"),
+    ("NFNET_ENGINE__ONNXRUNTIME__PROVIDERS", '["CUDAExecutionProvider"]', 3,
+     "ONNX Runtime providers ['CUDAExecutionProvider'] are not available"),
+    ("NFNET_SOURCES__0__PATH", "missing.mp4", 3, "video file not found"),
+    ("NFNET_ENGINE__BATCH_SIZ", "4", 2, "engine.batch_siz (from NFNET_ENGINE__BATCH_SIZ): unknown key"),
+])
+def test_any_problem_exits_non_zero_with_one_clear_line(config_file: Path, variable: str, value: str, code: int,
+                                                        message: str) -> None:
+    result = check(config_file, env={variable: value})
+    assert result.returncode == code, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("nfnet-daemon: error:") and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_a_video_is_caught(config_file: Path) -> None:
+    (config_file.parent / "lobby.mp4").write_bytes(b"not a video at all")
+    result = check(config_file)
+    assert result.returncode == 3
+    assert "lobby" in result.stderr and "Traceback" not in result.stderr
