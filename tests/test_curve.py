@@ -163,3 +163,12 @@ def test_curve_on_an_inproc_endpoint_is_a_configuration_error(tmp_path: Path, ke
     text = curve_config(colour_model_path, video, 5555, exit_when_done=True)
     config.write_text(text.replace("tcp://127.0.0.1:5555", "inproc://labels"))
     assert_clean_error(run_daemon(config), EXIT_CONFIG, "CURVE cannot protect an inproc:// endpoint")
+
+
+def test_subscriber_tool_refuses_a_secret_key_others_can_read(keys: Keys) -> None:
+    keys.viewer_secret.chmod(0o644)
+    result = subprocess.run([sys.executable, "-m", "tools.subscribe", "--endpoint", f"tcp://127.0.0.1:{free_port()}",
+                             "--client-key", str(keys.viewer_secret), "--server-key", str(keys.server_public)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"nfnet-subscribe: error: secret key file {keys.viewer_secret} has mode 0644" in result.stderr

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     socket.setsockopt(zmq.LINGER, 0)
     try:
         if args.client_key:
-            secure_client(socket, args.client_key.expanduser(), args.server_key.expanduser())
+            secure_client(socket, args.client_key, args.server_key)
         for topic in [*args.stream, STATUS_TOPIC] if args.stream else [""]:
             socket.setsockopt_string(zmq.SUBSCRIBE, topic)
         monitor = socket.get_monitor_socket(HANDSHAKE_EVENTS)
