@@ -1,5 +1,5 @@
-"""``nfnet-keys``: make the CURVE key pairs of the label stream — the daemon's (``server``) and each
-subscriber's (``client NAME``) — with secret key files that only their owner can read (0600)."""
+"""``nfnet-keys``: make the CURVE key pairs of the label stream, the daemon's (server) and each
+subscriber's (client NAME), with secret key files that only their owner can read (0600)."""
 
 from __future__ import annotations
 
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nfnet-keys", description=__doc__.split(": ", 1)[1])
     commands = parser.add_subparsers(dest="command", required=True)
     server = commands.add_parser("server", help="the daemon's key pair: server.key and server.key_secret")
-    server.add_argument("dir", type=Path)
+    server.add_argument("dir", type=Path, help="where to write them (made, mode 0700, if missing)")
     client = commands.add_parser("client", help="a subscriber's key pair: NAME.key and NAME.key_secret")
     client.add_argument("name", help="letters, digits, '_', '.', '-'")
-    client.add_argument("dir", type=Path)
+    client.add_argument("dir", type=Path, help="where to write them (made, mode 0700, if missing)")
     for command in (server, client):
         command.add_argument("--force", action="store_true", help="replace existing keys of that name")
     args = parser.parse_args(argv)
