@@ -7,20 +7,28 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipelines.publishers.curve import secure_client
+
 
 class Subscriber:
     """Connects before the daemon binds (ZeroMQ reconnects), so it can see the very first message."""
 
-    def __init__(self, endpoint: str, topic: str = "") -> None:
+    def __init__(self, endpoint: str, topic: str = "", curve: tuple[Path, Path] | None = None,
+                 receive_hwm: int = 0) -> None:
+        """``curve``: this subscriber's secret key file and the daemon's public key file; ``receive_hwm``:
+        0 (unlimited) so that the test sees everything, unless the test is about a subscriber that falls behind."""
         self._context = zmq.Context()
         self.socket = self._context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)  # unlimited: the test must see everything
+        self.socket.setsockopt(zmq.RCVHWM, receive_hwm)
+        if curve is not None:
+            secure_client(self.socket, *curve)
         self.socket.setsockopt_string(zmq.SUBSCRIBE, topic)
         self.socket.connect(endpoint)
         self.messages: list[tuple[str, dict[str, Any]]] = []

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipelines.config_base import StrictModel
+from pipelines.paths import ConfigPath
+
+
+class CurveConfig(StrictModel):
+    """CURVE on the label stream: encrypted, and only subscribers whose public key is listed may connect."""
+
+    server_secret_key: ConfigPath = Field(
+        description="The daemon's secret key file (nfnet-keys server); only the daemon's user may read it (0600).")
+    authorized_keys_dir: ConfigPath = Field(
+        description="Directory of the public key files (*.key) of the subscribers allowed to connect; "
+                    "read at start-up.")
 
 
 class ZmqPublisherConfig(StrictModel):
@@ -23,6 +34,14 @@ class ZmqPublisherConfig(StrictModel):
                     "so that no message is published before its reader is there.",
     )
     wait_timeout_s: float = Field(30.0, gt=0, description="How long to wait for those subscribers.")
+    curve: CurveConfig | None = Field(None, description="Encrypt and authenticate (off when absent).")
+
+    @model_validator(mode="after")
+    def _curve_needs_a_connection(self) -> ZmqPublisherConfig:
+        # inproc:// has no handshake, so ZeroMQ would skip CURVE there without a word; tcp:// and ipc:// have one.
+        if self.curve is not None and self.endpoint.startswith("inproc://"):
+            raise ValueError(f"CURVE cannot protect an inproc:// endpoint ({self.endpoint}): use tcp:// or ipc://")
+        return self
 
 
 class ConsolePublisherConfig(StrictModel):

@@ -3,6 +3,10 @@
 XPUB behaves as PUB for subscribers and lets the daemon see subscriptions arrive, which is how it can
 hold its sources until the configured number of subscribers is listening (no label lost to ZeroMQ's
 slow-joiner effect).
+
+A send never waits for a subscriber: each one has a queue of ``send_hwm`` messages, and when a slow or
+stalled subscriber's queue is full ZeroMQ drops that subscriber's copy (the others still get theirs);
+the subscriber sees the gap in ``seq``.
 """
 
 from __future__ import annotations
@@ -16,24 +20,33 @@ import zmq
 
 from pipelines.publishers.base import Publisher, PublisherError
 from pipelines.publishers.config import ZmqPublisherConfig
+from pipelines.publishers.curve import CurveServer
 
 log = logging.getLogger(__name__)
 
 
 class ZmqPublisher(Publisher):
-    def __init__(self, config: ZmqPublisherConfig, context: zmq.Context | None = None) -> None:
-        self._context = context or zmq.Context.instance()
+    def __init__(self, config: ZmqPublisherConfig) -> None:
+        # A context of its own: its ZAP handler (CURVE) then serves this socket only.
+        self._context = zmq.Context()
+        self._curve: CurveServer | None = None
         self._socket = self._context.socket(zmq.XPUB)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SNDHWM, config.send_hwm)
         try:
-            self._socket.bind(config.endpoint)
-        except zmq.ZMQError as exc:
-            self._socket.close()
-            raise PublisherError(f"cannot bind ZeroMQ endpoint {config.endpoint}: {exc}") from exc
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.SNDHWM, config.send_hwm)
+            self._socket.setsockopt(zmq.XPUB_NODROP, 0)  # the default, stated: drop for a full subscriber, never block
+            if config.curve is not None:
+                self._curve = CurveServer(config.curve, self._context)
+                self._curve.secure(self._socket)
+            try:
+                self._socket.bind(config.endpoint)
+            except zmq.ZMQError as exc:
+                raise PublisherError(f"cannot bind ZeroMQ endpoint {config.endpoint}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._subscriptions: set[bytes] = set()
-        self._config = config
 
     def wait_for_subscribers(self, count: int, timeout_s: float,
                              cancelled: Callable[[], bool] = lambda: False) -> int:
@@ -51,7 +64,8 @@ class ZmqPublisher(Publisher):
     def publish(self, topic: str, payload: bytes, message: dict[str, Any]) -> None:
         if self._socket.poll(0, zmq.POLLIN):
             self._read_subscriptions()
-        self._socket.send_multipart((topic.encode(), payload), copy=False)
+        # NOBLOCK: with XPUB_NODROP off this never fails (full queues drop); it makes "never waits" explicit.
+        self._socket.send_multipart((topic.encode(), payload), flags=zmq.NOBLOCK, copy=False)
 
     def _read_subscriptions(self) -> None:
         # XPUB delivers (un)subscriptions as messages: b"\x01topic" / b"\x00topic". Read them all so
@@ -68,3 +82,6 @@ class ZmqPublisher(Publisher):
 
     def close(self) -> None:
         self._socket.close(linger=0)
+        if self._curve is not None:
+            self._curve.stop()
+        self._context.term()
