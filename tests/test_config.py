@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from daemon.config import ConfigError, load_config
+from tests.conftest import REPO
+from tools.config_schema import SCHEMA_PATH, config_schema
 
 MINIMAL = """
 [model]
@@ -104,3 +109,16 @@ def test_bad_environment_overrides_name_the_variable(tmp_path: Path, variable: s
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, MINIMAL), environ={variable: value})
     assert expected in str(caught.value)
+
+
+def test_the_json_schema_in_the_repository_is_current() -> None:
+    assert SCHEMA_PATH.read_text() == config_schema(), "regenerate it: nfnet-config-schema --write"
+
+
+def test_the_json_schema_accepts_the_bundled_configs_and_rejects_unknown_keys() -> None:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    for path in sorted((REPO / "configs").glob("*.toml")):
+        jsonschema.validate(tomllib.loads(path.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError, match="Additional properties"):
+        jsonschema.validate({"model": {"path": "m.onnx"}, "sources": [{"id": "a", "path": "a.mp4"}], "modle": {}},
+                            schema)
