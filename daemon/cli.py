@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from daemon.check import check_config
-from daemon.config import ConfigError, load_config
+from daemon.config import ConfigError, DaemonConfig, load_config
 from daemon.http import HttpEndpointError
 from daemon.logs import configure_logging
 from daemon.service import Daemon
@@ -31,23 +31,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="validate the configuration, open the model and the files, probe the engine choice, "
                              "print a summary and exit (0: all good)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        help="override logging.level from the configuration")
+                        help="override logging.level from the configuration (also at a SIGHUP reload)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+    def read_config() -> DaemonConfig:
+        """The file with the environment's overrides, then the command line's (also at each SIGHUP)."""
         config = load_config(args.config)
+        if args.log_level:
+            config = config.model_copy(update={"logging": config.logging.model_copy(update={"level": args.log_level})})
+        return config
+
+    try:
+        config = read_config()
     except ConfigError as exc:
         print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(args.log_level or config.logging.level, config.logging.format)
+    configure_logging(config.logging.level, config.logging.format)
     try:
         if args.check_config:
             print("\n".join(check_config(config, Path(args.config))))
             return 0
-        return Daemon(config).run()
+        return Daemon(config, reload=read_config).run()
     except (ModelMetadataError, EngineError, SourceError, PublisherError, HttpEndpointError) as exc:
         print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP

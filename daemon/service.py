@@ -2,7 +2,9 @@
 
 Signal handlers only record the signal; the main loop acts on it. The first SIGINT/SIGTERM stops the
 sources and lets every frame already read be classified and published (the drain); a second one, or a
-drain longer than ``pipeline.drain_timeout_s``, aborts.
+drain longer than ``pipeline.drain_timeout_s``, aborts. SIGHUP reloads the configuration file: what can
+change live is applied, the rest is reported as needing a restart (``daemon/reload.py``), and an invalid
+file changes nothing. It also re-reads CURVE's authorised subscriber keys.
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
-from daemon.config import DaemonConfig
+from daemon.config import ConfigError, DaemonConfig
 from daemon.health import assess
 from daemon.http import MetricsServer
+from daemon.logs import configure_logging
+from daemon.reload import plan_reload
 from daemon.systemd_notify import SystemdNotifier
 from daemon.systemd_reporter import SystemdReporter
 from pipelines.engines import Engine, create_engine
 from pipelines.log_context import stream_context
 from pipelines.model_info import ModelInfo, model_id, read_model_info
-from pipelines.publishers import Publisher, create_publishers
+from pipelines.publishers import Publisher, PublisherError, create_publishers
 from pipelines.publishers.zmq import ZmqPublisher
 from pipelines.runtime import Pipeline, PipelineMetrics
 from pipelines.sources import OpenCvSource, create_source, is_live
@@ -31,13 +36,16 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_RUNTIME_FAILURE = 1
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 TICK_S = 0.1
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, reload: Callable[[], DaemonConfig] | None = None) -> None:
+        """``reload`` reads the configuration again (SIGHUP); without it SIGHUP only re-reads CURVE keys."""
         self.config = config
+        self._reload_config = reload
         self.metrics = PipelineMetrics()
         self.info: ModelInfo | None = None
         self.engine: Engine | None = None
@@ -117,7 +125,9 @@ class Daemon:
         while True:
             while self._signals:
                 signum = self._signals.pop(0)
-                if drain_deadline is None:
+                if signum == signal.SIGHUP:
+                    self._reload()
+                elif drain_deadline is None:
                     log.info("%s: stopping sources, publishing frames in flight", signal.Signals(signum).name)
                     pipeline.stop()
                     self.systemd.stopping("draining: publishing frames in flight")
@@ -180,11 +190,39 @@ class Daemon:
         log.info("waiting up to %.0fs for %d subscriber(s)", self.config.publish.zmq.wait_timeout_s, wanted)
         self.systemd.status(f"waiting for {wanted} subscriber(s)")
         got = zmq_publishers[0].wait_for_subscribers(wanted, self.config.publish.zmq.wait_timeout_s,
-                                                     cancelled=lambda: bool(self._signals))
-        if self._signals:
+                                                     cancelled=self._stop_requested)
+        if self._stop_requested():
             log.info("stopped while waiting for subscribers")
         elif got < wanted:
             log.warning("only %d of %d subscriber(s) arrived; starting anyway", got, wanted)
+
+    def _stop_requested(self) -> bool:
+        return any(signum in STOP_SIGNALS for signum in self._signals)
+
+    def _reload(self) -> None:
+        """SIGHUP: apply what can change live, report what needs a restart, keep everything on any error."""
+        assert self.pipeline is not None
+        for publisher in self.publishers:
+            if isinstance(publisher, ZmqPublisher):
+                try:
+                    publisher.reload_authorized_keys()
+                except PublisherError as exc:
+                    log.error("SIGHUP: CURVE keys not reloaded, keeping those in force: %s", exc)
+        if self._reload_config is None:
+            return
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", exc)
+            return
+        plan = plan_reload(self.config, new)
+        self.config = plan.effective
+        configure_logging(self.config.logging.level, self.config.logging.format)
+        self.pipeline.output.reconfigure(self.config.pipeline.top_k, {s.id: s for s in self.config.sources})
+        log.info("SIGHUP: configuration reloaded; %s", "applied: " + "; ".join(plan.applied) if plan.applied
+                 else "no live setting changed")
+        if plan.needs_restart:
+            log.warning("SIGHUP: these changes need a restart and were not applied: %s", "; ".join(plan.needs_restart))
 
     def _published_summary(self) -> str:
         assert self.pipeline is not None

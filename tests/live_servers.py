@@ -17,7 +17,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tools.synthetic_shapes import LABELS, render_frame
+
 BOUNDARY = b"frame"
+
+
+def shapes_camera(label: str, size_hw: tuple[int, int] = (120, 160), seed: int = 0) -> Callable[[int], np.ndarray]:
+    """``frame(n)`` for a server: varied frames that all show ``label`` (one of the shapes model's classes)."""
+    rng = np.random.default_rng(seed)
+    return lambda n: render_frame(LABELS.index(label), rng, *size_hw)
 
 
 class MjpegServer:

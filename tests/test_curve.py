@@ -5,6 +5,7 @@ the daemon refuses to start on a key that others could read, with one clear erro
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from tests.conftest import REPO, daemon_config, free_port, solid_frames, write_video
+from tests.conftest import REPO, SHAPES_MODEL, daemon_config, free_port, solid_frames, write_video
+from tests.live_servers import MjpegServer, shapes_camera
 from tests.subscriber import Subscriber
 from tests.test_daemon_errors import EXIT_CONFIG, EXIT_STARTUP, assert_clean_error, run_daemon
 from tools.keys import create_key_pair
@@ -172,3 +174,35 @@ def test_subscriber_tool_refuses_a_secret_key_others_can_read(keys: Keys) -> Non
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"nfnet-subscribe: error: secret key file {keys.viewer_secret} has mode 0644" in result.stderr
+
+
+def test_sighup_admits_a_newly_listed_key(tmp_path: Path, keys: Keys, daemon_process) -> None:
+    """A subscriber's key copied into the authorised directory is admitted after a SIGHUP, without a restart."""
+    server = MjpegServer(shapes_camera("red circle"), fps=25.0).start()
+    zmq_port = free_port()
+    endpoint = f"tcp://127.0.0.1:{zmq_port}"
+    sources = f'\n[[sources]]\nid = "yard"\ntype = "stream"\nurl = "{server.url}"\n'
+    viewer = Subscriber(endpoint, curve=(keys.viewer_secret, keys.server_public))
+    newcomer: Subscriber | None = None
+    try:
+        daemon = daemon_process(daemon_config(SHAPES_MODEL, sources, zmq_port, 0,
+                                              exit_when_done=False, engine='type = "onnxruntime"')
+                                + CURVE_TABLE).start()
+        viewer.receive_labels(3, timeout_s=60)
+        refused = Subscriber(endpoint, curve=(keys.intruder_secret, keys.server_public))
+        with handshake_failures(refused) as failures:
+            assert failures.poll(10_000), "not listed yet: refused"
+        refused.close()
+
+        shutil.copy(keys.intruder_secret.with_suffix(".key"), keys.authorized)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for_log(f"CURVE on: 2 subscriber key(s) authorised from {keys.authorized}")
+        newcomer = Subscriber(endpoint, curve=(keys.intruder_secret, keys.server_public))
+        assert len(newcomer.receive_labels(3, timeout_s=30)) >= 3
+        daemon.signal()
+        assert daemon.wait(30) == 0, daemon.stderr
+    finally:
+        for subscriber in (viewer, newcomer):
+            if subscriber is not None:
+                subscriber.close()
+        server.stop()

@@ -12,16 +12,9 @@ import pytest
 
 from tests.conftest import SHAPES_MODEL, daemon_config, free_port
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
-from tests.live_servers import MjpegServer, RtspServer, rtsp_unavailable
+from tests.live_servers import MjpegServer, RtspServer, rtsp_unavailable, shapes_camera
 from tests.subscriber import Subscriber, scrape
-from tools.synthetic_shapes import LABELS, render_frame
 from tools.video_files import write_video
-
-
-def shapes(label: str, size_hw: tuple[int, int] = (120, 160), seed: int = 0):
-    """``frame(n)``: varied frames that all show ``label``."""
-    rng = np.random.default_rng(seed)
-    return lambda n: render_frame(LABELS.index(label), rng, *size_hw)
 
 
 def config(sources: str, zmq_port: int, metrics_port: int, engine: str = 'type = "onnxruntime"') -> str:
@@ -47,12 +40,12 @@ stall_timeout_s = 2.0
 def live_server(request: pytest.FixtureRequest, tmp_path: Path):
     """A network camera serving "blue square" frames; ``frame`` can be swapped before a restart."""
     if request.param == "mjpeg-http":
-        server = MjpegServer(shapes("blue square"), fps=25.0)
+        server = MjpegServer(shapes_camera("blue square"), fps=25.0)
     else:
         reason = rtsp_unavailable()
         if reason:
             pytest.skip(reason)
-        server = RtspServer(shapes("blue square"), tmp_path / "rtsp")
+        server = RtspServer(shapes_camera("blue square"), tmp_path / "rtsp")
     yield server.start()
     server.stop()
 
@@ -66,7 +59,7 @@ def test_stream_reconnects_after_its_server_dies(live_server, daemon_process) ->
         before = subscriber.receive_labels(20, timeout_s=60)
         server.stop()
         subscriber.receive_until(lambda m: any(s["state"] == "reconnecting" for s in subscriber.statuses), 30)
-        server.frame = shapes("yellow circle", seed=1)
+        server.frame = shapes_camera("yellow circle", seed=1)
         server.start()  # same port
         subscriber.receive_until(
             lambda m: sum(x["top_k"][0]["label"] == "yellow circle" for _, x in subscriber.labels) >= 20, 60)
@@ -98,7 +91,7 @@ def test_stream_reconnects_after_its_server_dies(live_server, daemon_process) ->
 def test_source_down_at_start_does_not_stop_the_daemon_or_other_streams(tmp_path: Path, daemon_process) -> None:
     dead_port = free_port()  # nothing listens here
     video = tmp_path / "lobby.mp4"
-    write_video(video, (shapes("red circle")(n) for n in range(30)))
+    write_video(video, (shapes_camera("red circle")(n) for n in range(30)))
     sources = stream_source("gate", f"http://127.0.0.1:{dead_port}/stream.mjpg") + \
         f'\n[[sources]]\nid = "lobby"\npath = "{video}"\n'
     zmq_port, metrics_port = free_port(), free_port()
@@ -133,7 +126,7 @@ def test_overload_keeps_latency_bounded_and_counts_every_drop(streams: int, batc
     the frames that are classified are fresh, and latency stays flat over the run."""
     frames = round(10 * fps)
     video = tmp_path / "busy.mp4"
-    write_video(video, (shapes("green square")(n) for n in range(frames)), fps=fps)
+    write_video(video, (shapes_camera("green square")(n) for n in range(frames)), fps=fps)
     ids = [f"busy{i}" for i in range(streams)]
     sources = "".join(f'\n[[sources]]\nid = "{stream}"\npath = "{video}"\npace = true\nbuffer_frames = 1\n'
                       f'max_frame_age_ms = {round(3000 * op_delay_s)}\n' for stream in ids)
@@ -174,14 +167,14 @@ def test_overload_keeps_latency_bounded_and_counts_every_drop(streams: int, batc
 def test_frame_size_change_is_handled_counted_and_logged_once(daemon_process) -> None:
     """A camera reconfigured to a larger size and reconnected. (Within one connection OpenCV's FFmpeg
     backend rescales every frame to the first frame's size, so a change shows at a reconnect.)"""
-    server = MjpegServer(shapes("red square", (120, 160)), fps=25.0).start()
+    server = MjpegServer(shapes_camera("red square", (120, 160)), fps=25.0).start()
     zmq_port, metrics_port = free_port(), free_port()
     subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
     daemon = daemon_process(config(stream_source("yard", server.url), zmq_port, metrics_port)).start()
     try:
         subscriber.receive_labels(10, timeout_s=60)
         server.stop()
-        server.frame = shapes("red square", (240, 320), seed=1)
+        server.frame = shapes_camera("red square", (240, 320), seed=1)
         server.start()
         subscriber.receive_labels(40, timeout_s=60)
         metrics = scrape(metrics_port)

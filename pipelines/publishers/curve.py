@@ -23,20 +23,32 @@ log = logging.getLogger(__name__)
 class CurveServer:
     """The daemon's key pair and the ZAP handler for the sockets of one context.
 
-    Keys are read once, at start-up: restart the daemon to admit a new subscriber key. Admissions and
-    refusals are logged by ``zmq.auth`` at debug level (a refused client may retry several times a second).
+    The authorised keys are read at start-up and again on SIGHUP (:meth:`reload_authorized`): a key added
+    admits its subscriber from then on; a key removed refuses its next handshake (a connection already
+    made stays until it reconnects). Admissions and refusals are logged by ``zmq.auth`` at debug level (a
+    refused client may retry several times a second).
     """
 
     def __init__(self, config: CurveConfig, context: zmq.Context) -> None:
         if not zmq.has("curve"):
             raise PublisherError(f"publish.zmq.curve is set but this libzmq ({zmq.zmq_version()}) has no CURVE support")
         self._public, self._secret = load_secret_key(config.server_secret_key)
-        keys = authorized_key_files(config.authorized_keys_dir)
+        self._authorized_dir = config.authorized_keys_dir
         # Before any socket binds: a CURVE server with no ZAP handler would admit every client.
         self._authenticator = ThreadAuthenticator(context)
         self._authenticator.start()
-        self._authenticator.configure_curve(domain="*", location=str(config.authorized_keys_dir))
-        log.info("CURVE on: %d subscriber key(s) authorised from %s", len(keys), config.authorized_keys_dir)
+        try:
+            self.reload_authorized()
+        except BaseException:
+            self._authenticator.stop()
+            raise
+
+    def reload_authorized(self) -> None:
+        """(Re-)read the authorised public keys, with the same checks as at start-up; on an error
+        (:class:`PublisherError`) the keys in force stay."""
+        keys = authorized_key_files(self._authorized_dir)
+        self._authenticator.configure_curve(domain="*", location=str(self._authorized_dir))
+        log.info("CURVE on: %d subscriber key(s) authorised from %s", len(keys), self._authorized_dir)
 
     def secure(self, socket: zmq.Socket) -> None:
         """Make ``socket`` a CURVE server; call before it binds."""

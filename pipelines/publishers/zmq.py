@@ -80,6 +80,13 @@ class ZmqPublisher(Publisher):
             elif event[:1] == b"\x00":
                 self._subscriptions.discard(b"\x01" + event[1:])
 
+    def reload_authorized_keys(self) -> bool:
+        """Re-read CURVE's authorised subscriber keys (SIGHUP); False when CURVE is off."""
+        if self._curve is None:
+            return False
+        self._curve.reload_authorized()
+        return True
+
     def close(self) -> None:
         self._socket.close(linger=0)
         if self._curve is not None:

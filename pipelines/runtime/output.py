@@ -51,11 +51,27 @@ class OutputStage(Stage):
         self._stage_latency = {stage: metrics.stage_latency.labels(stage=stage) for stage in STAGES}
         self.published: dict[str, int] = dict.fromkeys(streams, 0)  # also each stream's next seq
         self._last_index: dict[str, int] = dict.fromkeys(streams, -1)
+        self._settings_lock = threading.Lock()
+        self._new_settings: tuple[int, dict[str, SourceBase]] | None = None
+
+    def reconfigure(self, k: int, sources: dict[str, SourceBase]) -> None:
+        """Replace top-k and the streams' postprocess settings, from the next batch on (any thread)."""
+        with self._settings_lock:
+            self._new_settings = (k, sources)
+
+    def _apply_new_settings(self) -> None:
+        with self._settings_lock:
+            settings, self._new_settings = self._new_settings, None
+        if settings is not None:
+            self._k = settings[0]
+            for stream, config in settings[1].items():
+                self._postprocess[stream].configure(config)
 
     def loop(self) -> None:
         open_streams = len(self._streams)
         while open_streams:
             item = get(self._in, self.abort, timeout=POLL_S)
+            self._apply_new_settings()
             self._announce_changes()
             if self.abort.is_set():
                 return
@@ -74,7 +90,7 @@ class OutputStage(Stage):
             stream = frame.stream_id
             postprocess = self._postprocess[stream]
             predictions = top_k(postprocess.smooth(probabilities), self._labels, self._k)
-            if not postprocess.should_publish(predictions[0].index, time.monotonic()):
+            if not postprocess.should_publish(predictions[0].index, predictions[0].score, time.monotonic()):
                 self._suppressed[stream] += 1
                 continue
             seq = self.published[stream]

@@ -41,6 +41,10 @@ class SourceBase(StrictModel):
     publish: Literal["every_frame", "on_change"] = Field(
         "every_frame", description="on_change: publish only when the top label changes, or every heartbeat_s.")
     heartbeat_s: float = Field(5.0, gt=0, description="With publish = on_change: the longest silence.")
+    min_score: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Publish only frames whose top class scores at least this (after smoothing); the others "
+                    "are counted in the next message's 'suppressed'.")
 
 
 class FileSourceConfig(SourceBase):
