@@ -65,7 +65,10 @@ def test_a_subscriber_that_never_reads_neither_slows_the_daemon_nor_is_queued_fo
 
     for subscriber in (baseline_reader, reader):
         assert [m["seq"] for _, m in subscriber.labels] == list(range(FRAMES)), "a reader that keeps up gets all"
-    assert publish_span_s(reader) < 1.5 * publish_span_s(baseline_reader)
+    # Side by side on a loaded machine the two spans differ by chance (ratios of 0.8-1.3 were seen); a send that
+    # waited for the stalled subscriber would instead stall this daemon for good.
+    ratio = publish_span_s(reader) / publish_span_s(baseline_reader)
+    assert ratio < 2.0, f"publishing took {ratio:.2f}x the baseline's time"
     kept = [m["seq"] for _, m in stalled.labels]
     assert kept == list(range(len(kept))), "the stalled subscriber got the start, then ZeroMQ dropped its rest"
     assert 0 < len(kept) <= 2 * SEND_HWM < FRAMES, f"{len(kept)} messages were kept for the stalled subscriber"
