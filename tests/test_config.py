@@ -122,3 +122,13 @@ def test_the_json_schema_accepts_the_bundled_configs_and_rejects_unknown_keys() 
     with pytest.raises(jsonschema.ValidationError, match="Additional properties"):
         jsonschema.validate({"model": {"path": "m.onnx"}, "sources": [{"id": "a", "path": "a.mp4"}], "modle": {}},
                             schema)
+
+
+def test_the_environment_file_example_names_real_keys(tmp_path: Path) -> None:
+    """Every NFNET_* line of systemd/nfnet-daemon.env.example, uncommented, is a valid override."""
+    example = (REPO / "systemd" / "nfnet-daemon.env.example").read_text().splitlines()
+    environ = dict(line.lstrip("#").split("=", 1) for line in example if line.lstrip("#").startswith("NFNET_"))
+    assert "NFNET_MODEL__PATH" in environ
+    text = MINIMAL + '\n[[sources]]\nid = "gate"\ntype = "stream"\nurl = "rtsp://camera/stream"\n'
+    config = load_config(write(tmp_path, text), environ=environ)
+    assert config.model.path == Path(environ["NFNET_MODEL__PATH"])
