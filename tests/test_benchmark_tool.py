@@ -30,3 +30,4 @@ def test_latency_benchmark_reports_percentiles_per_load() -> None:
     for row in report["results"]:
         assert 0 < row["latency_ms_p50"] <= row["latency_ms_p90"] <= row["latency_ms_p99"]
         assert row["classified_fps"] > 0 and 0 <= row["dropped_share"] < 1
+        assert row["frames_accounted"] == row["frames_offered"], "every frame published or counted as dropped"

@@ -37,6 +37,8 @@ from tools.make_demo_video import make_video
 @dataclass
 class LoadResult:
     load: float
+    frames_offered: int  # in the videos, all streams
+    frames_accounted: int  # published + counted as dropped: equal to frames_offered when nothing is lost
     offered_fps: float
     read_fps: float  # below offered when the readers could not keep up with the paced files (CPU-bound)
     classified_fps: float
@@ -84,8 +86,8 @@ def _collect(endpoint: str, stop: threading.Event, into: list[dict[str, Any]]) -
     subscriber.close()
 
 
-def run_load(model: Path, engine: EngineConfig, video: Path, streams: int, load: float, offered_fps: float,
-             port: int) -> LoadResult:
+def run_load(model: Path, engine: EngineConfig, video: Path, frames: int, streams: int, load: float,
+             offered_fps: float, port: int) -> LoadResult:
     config = DaemonConfig.model_validate({
         "model": {"path": str(model)},
         "engine": engine.model_dump(mode="json"),
@@ -110,13 +112,17 @@ def run_load(model: Path, engine: EngineConfig, video: Path, streams: int, load:
     sampler.join(timeout=1)
     if code != 0:
         raise RuntimeError(f"the daemon exited with {code}")
-    dropped = {sample.labels["cause"]: sample.value for metric in daemon.metrics.dropped.collect()
-               for sample in metric.samples if sample.name.endswith("_total")}
+    dropped: dict[str, float] = {}
+    for metric in daemon.metrics.dropped.collect():  # one sample per (stream, cause): add the streams up
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                dropped[sample.labels["cause"]] = dropped.get(sample.labels["cause"], 0.0) + sample.value
     totals = np.array([m["latency_ms"]["total"] for m in messages])
     inference = np.array([m["latency_ms"]["inference"] for m in messages])
     read = len(messages) + sum(dropped.values())
     return LoadResult(
-        load=load, offered_fps=round(offered_fps, 1), read_fps=round(read / elapsed, 1),
+        load=load, frames_offered=frames * streams, frames_accounted=round(read),
+        offered_fps=round(offered_fps, 1), read_fps=round(read / elapsed, 1),
         classified_fps=round(len(messages) / elapsed, 1),
         dropped_share=round(sum(dropped.values()) / max(read, 1), 3),
         dropped={cause: count for cause, count in dropped.items() if count},
@@ -155,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             # MPEG-4 timebases cannot express arbitrary rates: one decimal is plenty.
             per_stream_fps = round(load * capacity / args.streams, 1)
             video = Path(scratch) / f"load-{load}.mp4"
-            make_video(video, max(10, round(per_stream_fps * args.seconds)), 10, (height, width), per_stream_fps,
-                       seed=2)
-            results.append(run_load(args.model, engine, video, args.streams, load, per_stream_fps * args.streams,
-                                    free_port()))
+            frames = max(10, round(per_stream_fps * args.seconds))
+            make_video(video, frames, 10, (height, width), per_stream_fps, seed=2)
+            results.append(run_load(args.model, engine, video, frames, args.streams, load,
+                                    per_stream_fps * args.streams, free_port()))
     if args.json:
         print(json.dumps({"capacity_fps": capacity, "streams": args.streams, "results": [asdict(r) for r in results]}))
         return 0
