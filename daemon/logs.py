@@ -1,6 +1,10 @@
 """Logging set-up: human-readable lines by default, or one JSON object a line (``logging.format = "json"``)
 for journald and log shippers. Both go to stderr; under systemd, journald adds its own timestamps.
 
+OpenCV and FFmpeg write their own diagnostics straight to stderr (a failed connection's reason, say). In text
+mode they are kept, as extra lines; in JSON mode they are silenced so that every line is JSON (until a
+restart: FFmpeg reads its level once).
+
 Nothing is logged per frame at ``info``: per-frame facts are in the published messages and the metrics.
 """
 
@@ -12,6 +16,7 @@ import sys
 from datetime import UTC, datetime
 
 from pipelines.log_context import CONTEXT_FIELDS
+from pipelines.sources.opencv import silence_native_logs
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -35,6 +40,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
+    if log_format == "json":
+        silence_native_logs()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()

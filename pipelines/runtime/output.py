@@ -108,8 +108,9 @@ class OutputStage(Stage):
 
     def _end(self, end: EndOfStream) -> None:
         stream = end.stream_id
-        log.info("stream %s: %s; %d of its %d frames published", stream, end.state, self.published[stream],
-                 end.frames, extra=stream_context(stream, seq=self.published[stream] - 1))
+        published = self.published[stream]
+        log.info("stream %s: %s; %d of its %d frames published", stream, end.state, published, end.frames,
+                 extra=stream_context(stream, seq=published - 1 if published else None))
         self._metrics.streams_ended.labels(stream=stream).inc()
         self._send(STATUS_TOPIC, build_status_message(
             stream, end.state, end.previous_state, f"{self.published[stream]} of {end.frames} frames published",

@@ -3,6 +3,8 @@ V4L2, pipelines via GStreamer. They differ only in what is opened and with which
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
@@ -15,6 +17,15 @@ from pipelines.sources.config import (
     StreamSourceConfig,
     describe_source,
 )
+
+
+def silence_native_logs() -> None:
+    """Stop OpenCV and FFmpeg writing their own lines to stderr, past Python's logging (which JSON logs need).
+
+    FFmpeg's level is read when OpenCV first registers it, so this must come before the first capture.
+    """
+    os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"  # AV_LOG_QUIET
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def has_gstreamer() -> bool:
