@@ -141,22 +141,18 @@ def test_subscriber_tool_with_and_without_a_listed_key(tmp_path: Path, keys: Key
     assert results["intruder"][0] == results["plain"][0] == ""
 
 
-def test_secret_key_readable_by_others_stops_the_daemon(tmp_path: Path, keys: Keys, video: Path,
-                                                        colour_model_path: Path) -> None:
-    keys.server_secret.chmod(0o640)
+@pytest.mark.parametrize("loose, mode, problem", [
+    ("server_secret", 0o640, "secret key file {} has mode 0640: group and others must have no access"),
+    ("authorized", 0o777, "authorized keys directory {} has mode 0777: it must not be writable"),
+])
+def test_keys_that_others_could_read_or_change_stop_the_daemon(tmp_path: Path, keys: Keys, video: Path,
+                                                               colour_model_path: Path, loose: str, mode: int,
+                                                               problem: str) -> None:
+    path: Path = getattr(keys, loose)
+    path.chmod(mode)
     config = tmp_path / "daemon.toml"
     config.write_text(curve_config(colour_model_path, video, free_port(), exit_when_done=True))
-    assert_clean_error(run_daemon(config), EXIT_STARTUP,
-                       f"secret key file {keys.server_secret} has mode 0640: group and others must have no access")
-
-
-def test_authorized_keys_writable_by_others_stops_the_daemon(tmp_path: Path, keys: Keys, video: Path,
-                                                             colour_model_path: Path) -> None:
-    keys.authorized.chmod(0o777)
-    config = tmp_path / "daemon.toml"
-    config.write_text(curve_config(colour_model_path, video, free_port(), exit_when_done=True))
-    assert_clean_error(run_daemon(config), EXIT_STARTUP,
-                       f"authorized keys directory {keys.authorized} has mode 0777: it must not be writable")
+    assert_clean_error(run_daemon(config), EXIT_STARTUP, problem.format(path))
 
 
 def test_curve_on_an_inproc_endpoint_is_a_configuration_error(tmp_path: Path, keys: Keys, video: Path,
