@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,9 @@ class ZmqPublisher(Publisher):
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.SNDHWM, config.send_hwm)
             self._socket.setsockopt(zmq.XPUB_NODROP, 0)  # the default, stated: drop for a full subscriber, never block
+            # Every subscriber's (un)subscriptions, not only a topic's first and last, so that two subscribers
+            # of the same topic count as two for wait_for_subscribers.
+            self._socket.setsockopt(zmq.XPUB_VERBOSER, 1)
             if config.curve is not None:
                 self._curve = CurveServer(config.curve, self._context)
                 self._curve.secure(self._socket)
@@ -46,20 +50,20 @@ class ZmqPublisher(Publisher):
             self.close()
             raise
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._subscriptions: set[bytes] = set()
+        self._subscriptions: Counter[bytes] = Counter()
 
     def wait_for_subscribers(self, count: int, timeout_s: float,
                              cancelled: Callable[[], bool] = lambda: False) -> int:
-        """Block until ``count`` distinct subscriptions arrived, ``timeout_s`` passed or ``cancelled()``;
-        return how many arrived."""
+        """Block until ``count`` subscriptions (one per subscriber and topic it subscribes to) are in,
+        ``timeout_s`` passed or ``cancelled()``; return how many are in."""
         deadline = time.monotonic() + timeout_s
-        while len(self._subscriptions) < count and not cancelled():
+        while self._subscriptions.total() < count and not cancelled():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             if self._socket.poll(int(min(remaining, 0.5) * 1000), zmq.POLLIN):
                 self._read_subscriptions()
-        return len(self._subscriptions)
+        return self._subscriptions.total()
 
     def publish(self, topic: str, payload: bytes, message: dict[str, Any]) -> None:
         if self._socket.poll(0, zmq.POLLIN):
@@ -69,16 +73,17 @@ class ZmqPublisher(Publisher):
 
     def _read_subscriptions(self) -> None:
         # XPUB delivers (un)subscriptions as messages: b"\x01topic" / b"\x00topic". Read them all so
-        # they never pile up; track the distinct ones for wait_for_subscribers.
+        # they never pile up; count them per topic for wait_for_subscribers.
         while True:
             try:
                 event = self._socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            topic = event[1:]
             if event[:1] == b"\x01":
-                self._subscriptions.add(event)
-            elif event[:1] == b"\x00":
-                self._subscriptions.discard(b"\x01" + event[1:])
+                self._subscriptions[topic] += 1
+            elif event[:1] == b"\x00" and self._subscriptions[topic] > 0:
+                self._subscriptions[topic] -= 1
 
     def reload_authorized_keys(self) -> bool:
         """Re-read CURVE's authorised subscriber keys (SIGHUP); False when CURVE is off."""
