@@ -1,8 +1,9 @@
 """``nfnet-daemon --check-config``: everything start-up would check, without starting the pipeline.
 
 The model is opened and its metadata read, the engine choice is made and its requirements checked (without
-compiling), file sources are opened and their first frame decoded; live sources are not contacted, since a
-camera that is down at start-up does not stop the daemon either. Errors are raised as start-up would raise
+compiling), file sources are opened and their first frame decoded, CURVE key files are read with their
+permission checks; live sources are not contacted (a camera that is down at start-up does not stop the
+daemon either) and no port is bound. Errors are raised as start-up would raise
 them; the return value is a summary a person can read.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from daemon.config import DaemonConfig
 from pipelines.engines import probe_engine
 from pipelines.model_info import model_id, read_model_info
+from pipelines.publishers.curve_keys import authorized_key_files, load_secret_key
 from pipelines.sources import create_source
 from pipelines.sources.config import describe_source
 
@@ -37,7 +39,11 @@ def check_config(config: DaemonConfig, path: Path) -> list[str]:
         lines.append(f"  source   {source_config.id}: {describe_source(source_config)} ({outcome})")
     zmq, console = config.publish.zmq, config.publish.console
     if zmq.enabled:
-        lines.append(f"  publish  zmq {zmq.endpoint} (send_hwm {zmq.send_hwm})")
+        curve = "off"
+        if zmq.curve is not None:
+            load_secret_key(zmq.curve.server_secret_key)
+            curve = f"on, {len(authorized_key_files(zmq.curve.authorized_keys_dir))} subscriber key(s) authorised"
+        lines.append(f"  publish  zmq {zmq.endpoint} (send_hwm {zmq.send_hwm}, CURVE {curve})")
     if console.enabled:
         lines.append(f"  publish  console ({console.format})")
     metrics = config.metrics

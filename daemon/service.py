@@ -73,6 +73,11 @@ class Daemon:
         if cfg.metrics.enabled:  # first: /healthz answers, and /readyz says "loading", while the model loads
             self.http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,
                                       lambda: assess(self.ready, self.pipeline))
+        # Before the engine, which may compile for minutes: a busy port or a bad key file fails at once.
+        self.publishers = create_publishers(cfg.publish)
+        for publisher in self.publishers:
+            if isinstance(publisher, ZmqPublisher):
+                log.info("publishing labels on %s", publisher.endpoint)
         self.systemd.status("loading model")
         self.info = read_model_info(cfg.model.path)
         identity = model_id(cfg.model.path, self.info)
@@ -105,10 +110,6 @@ class Daemon:
             # Live sources are opened by their capture stage, which keeps retrying: a camera that is
             # down at start-up must not stop the daemon (nor the other streams).
 
-        self.publishers = create_publishers(cfg.publish)
-        for publisher in self.publishers:
-            if isinstance(publisher, ZmqPublisher):
-                log.info("publishing labels on %s", publisher.endpoint)
         self.pipeline = Pipeline(self.sources, self.engine, self.info, self.publishers, identity,
                                  cfg.pipeline, self.metrics)
         self._wait_for_subscribers()

@@ -51,6 +51,7 @@ def test_a_good_config_is_summarised_without_starting_anything(config_file: Path
     # The camera is not contacted (nothing listens on port 9) and its password is not printed.
     assert "  source   gate: stream rtsp://viewer:***@127.0.0.1:9/gate (live: not contacted)" in lines
     assert "s3cret" not in result.stdout + result.stderr
+    assert "  publish  zmq tcp://127.0.0.1:5555 (send_hwm 10000, CURVE off)" in lines
     # Port 1 would need root to bind: nothing was bound, nothing ran.
     assert "  http     http://127.0.0.1:1/metrics, /healthz, /readyz" in lines
 

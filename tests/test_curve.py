@@ -202,3 +202,16 @@ def test_sighup_admits_a_newly_listed_key(tmp_path: Path, keys: Keys, daemon_pro
             if subscriber is not None:
                 subscriber.close()
         server.stop()
+
+
+def test_check_config_reads_the_keys_with_their_checks(tmp_path: Path, keys: Keys, video: Path,
+                                                       colour_model_path: Path) -> None:
+    config = tmp_path / "daemon.toml"
+    config.write_text(curve_config(colour_model_path, video, free_port(), exit_when_done=True))
+    command = [sys.executable, "-m", "daemon", "--config", str(config), "--check-config"]
+    good = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert "CURVE on, 1 subscriber key(s) authorised" in good.stdout
+    keys.server_secret.chmod(0o644)
+    loose = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert loose.returncode == EXIT_STARTUP and f"secret key file {keys.server_secret} has mode 0644" in loose.stderr
