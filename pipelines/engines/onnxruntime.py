@@ -108,6 +108,11 @@ class OnnxRuntimeEngine(Engine):
     def result(self, handle: np.ndarray) -> np.ndarray:
         return handle
 
+    def close(self) -> None:
+        """Drop the session (weights, arena) now rather than whenever the engine object is collected."""
+        self._binding = None
+        self._session = None  # type: ignore[assignment]
+
     def describe(self) -> dict[str, str]:
         return {
             "engine": self.name,
