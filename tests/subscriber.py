@@ -98,7 +98,10 @@ def poll(port: int, path: str, done: Callable[[int, Any], bool], timeout_s: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"{path}: not done within {timeout_s}s; last answers: {answers[-3:]}")
         try:
-            answers.append(get(port, path))
+            status, body = get(port, path)
+            # The daemon answers these paths in JSON only: anything else is another server on the port.
+            assert isinstance(body, dict), f"{path}: not the daemon's answer: {status} {body!r}"
+            answers.append((status, body))
         except urllib.error.URLError as error:
             if not isinstance(error.reason, ConnectionRefusedError):
                 raise
