@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from daemon.config_lines import key_line
 from pipelines.config_base import StrictModel
 from pipelines.engines.config import EngineConfig
 from pipelines.paths import ConfigPath
@@ -86,7 +87,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> D
     try:
         return DaemonConfig.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
-        problems = "\n".join(f"  {path}: {_describe(error, overrides)}" for error in exc.errors())
+        problems = "\n".join(f"  {_where(path, text, error['loc'], overrides)}: {_describe(error, overrides)}"
+                             for error in exc.errors())
         raise ConfigError(f"{path}: invalid configuration\n{problems}") from None
 
 
@@ -139,13 +141,30 @@ def _describe(error: dict, overrides: Mapping[tuple[str | int, ...], str]) -> st
     return f"{where}{error['msg']} (got {error['input']!r})"
 
 
+def _where(path: Path, text: str, loc: tuple, overrides: Mapping[tuple[str | int, ...], str]) -> str:
+    """``file:line`` of the key, or of its nearest table (a missing key's), when the file sets it (not the
+    environment); else ``file``."""
+    key = _key(loc)
+    if key in overrides:
+        return str(path)
+    line = next((found for depth in range(len(key), 0, -1) if (found := key_line(text, key[:depth]))), None)
+    return f"{path}:{line}" if line else str(path)
+
+
+def _key(loc: tuple) -> tuple[str | int, ...]:
+    """A validation error's location as the file spells it: a list item's union tag adds nothing."""
+    parts: list[str | int] = []
+    for part in loc:
+        if not (parts and isinstance(parts[-1], int) and part in SOURCE_TYPES):
+            parts.append(part)
+    return tuple(parts)
+
+
 def _location(loc: tuple) -> str:
     text = ""
-    previous: object = None
-    for part in loc:
+    for part in _key(loc):
         if isinstance(part, int):
             text += f"[{part}]"
-        elif not (isinstance(previous, int) and part in SOURCE_TYPES):  # a list item's union tag adds nothing
+        else:
             text += f".{part}" if text else str(part)
-        previous = part
     return text

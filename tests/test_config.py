@@ -132,3 +132,31 @@ def test_the_environment_file_example_names_real_keys(tmp_path: Path) -> None:
     text = MINIMAL + '\n[[sources]]\nid = "gate"\ntype = "stream"\nurl = "rtsp://camera/stream"\n'
     config = load_config(write(tmp_path, text), environ=environ)
     assert config.model.path == Path(environ["NFNET_MODEL__PATH"])
+
+
+def test_errors_name_the_line_that_sets_the_key(tmp_path: Path) -> None:
+    text = MINIMAL + """
+[[sources]]
+id = "gate"
+type = "stream"
+url = "rtsp://camera/stream"
+[sources.reconnect]
+base_sx = 1
+
+[[sources]]
+path = "c.mp4"
+
+[pipeline]
+top_k = "five"
+"""
+    path = write(tmp_path, text)
+    lines = text.splitlines()
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert f"{path}:{lines.index('base_sx = 1') + 1}: sources[1].reconnect.base_sx: unknown key" in message
+    top_k_line = lines.index('top_k = "five"') + 1
+    assert f"{path}:{top_k_line}: pipeline.top_k: Input should be a valid integer" in message
+    # A missing key: the line of the table that lacks it (the third [[sources]]).
+    third = [n for n, line in enumerate(lines, start=1) if line == "[[sources]]"][2]
+    assert f"{path}:{third}: sources[2].id: required key is missing" in message
