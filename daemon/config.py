@@ -130,7 +130,7 @@ def _set(data: dict[str, Any], location: tuple[str | int, ...], value: Any, name
 
 def _describe(error: dict, overrides: Mapping[tuple[str | int, ...], str]) -> str:
     location = _location(error["loc"])
-    source = next((name for loc, name in overrides.items() if _location(loc) == location), None)
+    source = overrides.get(_key(error["loc"]))
     if source is not None:
         location = f"{location} (from {source})"
     if error["type"] == "extra_forbidden":

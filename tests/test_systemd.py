@@ -26,6 +26,7 @@ from pipelines.runtime import PipelineConfig
 from pipelines.runtime.progress import ProgressTracker
 from tests.conftest import REPO, DaemonProcess, daemon_config, free_port, solid_frames, write_video
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
+from tests.source_tables import dead_stream
 from tests.subscriber import Subscriber, scrape
 
 UNIT = REPO / "systemd" / "nfnet-daemon.service"
@@ -190,16 +191,24 @@ def largest_gap(times: list[float]) -> float:
     return max(later - earlier for earlier, later in itertools.pairwise(times))
 
 
+def start_notified_daemon(model: Path, sources: str, notify: NotifySocket, watchdog_s: float,
+                          daemon_process) -> tuple[DaemonProcess, Subscriber, int]:
+    """A daemon (ONNX Runtime) run as systemd would, with ``sources``; the subscriber it waits for, and its
+    metrics port."""
+    zmq_port, metrics_port = free_port(), free_port()
+    config = daemon_config(model, sources, zmq_port, metrics_port, exit_when_done=False,
+                           engine='type = "onnxruntime"')
+    subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
+    return daemon_process(config, env=systemd_env(notify, watchdog_s)).start(), subscriber, metrics_port
+
+
 def test_notify_protocol_over_a_daemons_life(tmp_path: Path, colour_model_path: Path, notify_socket: NotifySocket,
                                               daemon_process) -> None:
     watchdog_s = 2.0
     video = write_video(tmp_path / "cam.mp4", solid_frames([(220, 30, 30)] * 75), fps=25.0)
     source = f'[[sources]]\nid = "cam"\npath = "{video}"\npace = true\n'  # 3 s of classifying, like a camera
-    zmq_port, metrics_port = free_port(), free_port()
-    config = daemon_config(colour_model_path, source, zmq_port, metrics_port, exit_when_done=False,
-                           engine='type = "onnxruntime"')
-    subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
-    daemon = daemon_process(config, env=systemd_env(notify_socket, watchdog_s)).start()
+    daemon, subscriber, metrics_port = start_notified_daemon(colour_model_path, source, notify_socket, watchdog_s,
+                                                             daemon_process)
     try:
         notify_socket.receive_until(lambda: bool(notify_socket.times("READY=1")), 60, daemon)
         assert "ready: 1 stream(s)" in daemon.stderr, "READY=1 comes only once the daemon is ready"
@@ -257,22 +266,8 @@ def test_watchdog_pings_stop_when_the_engine_hangs(tmp_path: Path, daemon_proces
 def test_watchdog_pings_go_on_while_a_source_reconnects(tmp_path: Path, colour_model_path: Path,
                                                         notify_socket: NotifySocket, daemon_process) -> None:
     watchdog_s = 1.0
-    dead_port = free_port()  # nothing listens here
-    sources = f"""
-[[sources]]
-id = "gate"
-type = "stream"
-url = "http://127.0.0.1:{dead_port}/stream.mjpg"
-open_timeout_s = 1.0
-[sources.reconnect]
-base_s = 0.2
-cap_s = 0.5
-"""
-    zmq_port, metrics_port = free_port(), free_port()
-    config = daemon_config(colour_model_path, sources, zmq_port, metrics_port, exit_when_done=False,
-                           engine='type = "onnxruntime"')
-    subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
-    daemon = daemon_process(config, env=systemd_env(notify_socket, watchdog_s)).start()
+    daemon, subscriber, _ = start_notified_daemon(colour_model_path, dead_stream("gate"), notify_socket, watchdog_s,
+                                                  daemon_process)
     try:
         notify_socket.receive_until(lambda: bool(notify_socket.times("READY=1")), 60, daemon)
         reconnecting = "running: 1 stream (1 reconnecting), 0 frames published"

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
               f"public key: {public}: give it to every subscriber (nfnet-subscribe --server-key {public})")
     else:
         print(f"secret key: {secret} (0600): keep it with the subscriber (nfnet-subscribe --client-key {secret})\n"
-              f"public key: {public}: copy it into the daemon's authorized_keys_dir, then restart the daemon")
+              f"public key: {public}: copy it into the daemon's authorized_keys_dir, then reload the daemon (SIGHUP)")
     return 0
 
 

@@ -40,7 +40,7 @@ def handshake_problem(event: dict[str, Any]) -> tuple[bool, str]:
     """What a failed handshake means for the user, and whether it is final (retrying cannot help)."""
     if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return True, ("the daemon refused this subscriber's key: copy its public key into the daemon's "
-                      "authorized_keys_dir and restart the daemon")
+                      "authorized_keys_dir and reload the daemon (systemctl reload: SIGHUP)")
     if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
         return True, ("CURVE on one side only: use --client-key and --server-key exactly when the daemon "
                       "has [publish.zmq.curve]")

@@ -41,7 +41,7 @@ def probe_engine(config: EngineConfig, model_path: Path, info: ModelInfo) -> str
     kind, why = choose_engine(config)
     batch = resolve_batch(model_path, info.batch, config.batch_size)
     if kind == "migraphx":
-        reason = migraphx_unavailable(config.migraphx)
+        reason = migraphx_unavailable(config.migraphx) if config.type == "migraphx" else None  # auto checked it
         if reason is not None:
             raise EngineError(reason)
         options = config.migraphx

@@ -17,7 +17,7 @@ class CurveConfig(StrictModel):
         description="The daemon's secret key file (nfnet-keys server); only the daemon's user may read it (0600).")
     authorized_keys_dir: ConfigPath = Field(
         description="Directory of the public key files (*.key) of the subscribers allowed to connect; "
-                    "read at start-up.")
+                    "read at start-up and on SIGHUP.")
 
 
 class ZmqPublisherConfig(StrictModel):

@@ -113,7 +113,7 @@ class OutputStage(Stage):
                  extra=stream_context(stream, seq=published - 1 if published else None))
         self._metrics.streams_ended.labels(stream=stream).inc()
         self._send(STATUS_TOPIC, build_status_message(
-            stream, end.state, end.previous_state, f"{self.published[stream]} of {end.frames} frames published",
+            stream, end.state, end.previous_state, f"{published} of {end.frames} frames published",
             time.time_ns(), frames=end.frames))
 
     def _announce_changes(self) -> None:
