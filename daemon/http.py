@@ -23,6 +23,7 @@ from daemon.health import Readiness
 log = logging.getLogger(__name__)
 
 ROUTES = ("/metrics", "/healthz", "/readyz")
+REQUEST_TIMEOUT_S = 5.0  # a client that sends nothing (or reads nothing) for this long is dropped
 
 
 class HttpEndpointError(RuntimeError):
@@ -30,7 +31,10 @@ class HttpEndpointError(RuntimeError):
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+    # close() waits for requests in flight, so that no answer is cut off when the daemon exits; each
+    # request is bounded by the handler's timeout, so a client that never sends its request cannot hold it.
+    daemon_threads = False
+    block_on_close = True
 
     def __init__(self, host: str, port: int) -> None:
         # IPv4 or IPv6, whichever the configured host is.
@@ -40,6 +44,8 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 class _QuietHandler(WSGIRequestHandler):
     """Requests go to the debug log, not to stderr (a scrape every few seconds is not news)."""
+
+    timeout = REQUEST_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
