@@ -29,8 +29,9 @@ class Readiness:
     body: dict[str, Any]
 
 
-def assess(ready: threading.Event, pipeline: Pipeline | None) -> Readiness:
-    """The daemon's readiness from its ready event and its pipeline (None until the model is loaded)."""
+def assess(ready: threading.Event, pipeline: Pipeline | None, startup: dict[str, Any]) -> Readiness:
+    """The daemon's readiness from its ready event and its pipeline (None until the model is loaded);
+    while it starts, ``startup`` (the step under way and its seconds so far) is part of the answer."""
     if pipeline is None:
         phase = "starting"
     elif pipeline.stopping:
@@ -39,8 +40,10 @@ def assess(ready: threading.Event, pipeline: Pipeline | None) -> Readiness:
         phase = "running" if ready.is_set() else "starting"
     streams = {stream: _stream(change) for stream, change in (pipeline.states.latest() if pipeline else {}).items()}
     ok = phase == "running" and all(stream["ok"] for stream in streams.values())
-    return Readiness(ok, {"ready": ok, "model": "loading" if pipeline is None else "ready", "pipeline": phase,
-                          "streams": streams})
+    body = {"ready": ok, "model": "loading" if pipeline is None else "ready", "pipeline": phase, "streams": streams}
+    if phase == "starting":
+        body["startup"] = startup
+    return Readiness(ok, body)
 
 
 def _stream(change: StateChange | None) -> dict[str, Any]:

@@ -22,9 +22,10 @@ from daemon.health import assess
 from daemon.http import MetricsServer
 from daemon.logs import configure_logging
 from daemon.reload import plan_reload
+from daemon.startup_progress import StartupProgress
 from daemon.systemd_notify import SystemdNotifier
 from daemon.systemd_reporter import SystemdReporter
-from pipelines.engines import Engine, create_engine
+from pipelines.engines import BuildCancelled, BuildHooks, Engine, create_engine
 from pipelines.log_context import stream_context
 from pipelines.model_info import ModelInfo, model_id, read_model_info
 from pipelines.publishers import Publisher, PublisherError, create_publishers
@@ -39,6 +40,7 @@ EXIT_RUNTIME_FAILURE = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 TICK_S = 0.1
+STARTUP_STATUS_EVERY_S = 5.0  # systemd status lines during a long start-up step (a compile)
 
 
 class Daemon:
@@ -54,6 +56,8 @@ class Daemon:
         self.http: MetricsServer | None = None
         self.pipeline: Pipeline | None = None
         self.ready = threading.Event()
+        self.startup_progress = StartupProgress()
+        self._next_startup_status = 0.0
         self.systemd = SystemdReporter(SystemdNotifier(os.environ))
         self._signals: list[int] = []  # appended by signal handlers, consumed by the main loop
         self._old_handlers: dict[int, object] = {}
@@ -62,32 +66,41 @@ class Daemon:
         """Start, run until the sources end or a signal arrives, shut down; return the exit code."""
         self._install_signal_handlers()
         try:
-            self.startup()
+            try:
+                self.startup()
+            except BuildCancelled as exc:
+                log.info("stopped during start-up (%s), before any frame was read", exc)
+                return EXIT_OK
             return self.main_loop()
         finally:
             self.shutdown()
             self._restore_signal_handlers()
 
     def startup(self) -> None:
+        """Everything before the first frame; raises :class:`BuildCancelled` if a stop is requested meanwhile
+        (between steps, or during a compile, which is then stopped)."""
         cfg = self.config
         if cfg.metrics.enabled:  # first: /healthz answers, and /readyz says "loading", while the model loads
             self.http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.metrics.registry,
-                                      lambda: assess(self.ready, self.pipeline))
+                                      lambda: assess(self.ready, self.pipeline, self.startup_progress.snapshot()))
         # Before the engine, which may compile for minutes: a busy port or a bad key file fails at once.
         self.publishers = create_publishers(cfg.publish)
         for publisher in self.publishers:
             if isinstance(publisher, ZmqPublisher):
                 log.info("publishing labels on %s", publisher.endpoint)
-        self.systemd.status("loading model")
+        self._startup_step("reading the model")
         self.info = read_model_info(cfg.model.path)
         identity = model_id(cfg.model.path, self.info)
         log.info("model %s (%s, input %s, %d classes, weights %s)", identity, cfg.model.path,
                  "x".join(map(str, self.info.input_size)), self.info.num_classes, self.info.weights.describe())
 
-        self.systemd.status("building engine (compiling unless cached), warming up")
+        self._startup_step("building the engine")
         started = time.perf_counter()
-        self.engine = create_engine(cfg.engine, cfg.model.path, self.info)
+        hooks = BuildHooks(step=self._startup_step, stop_requested=self._stop_requested_during_startup)
+        self.engine = create_engine(cfg.engine, cfg.model.path, self.info, hooks)
+        self._startup_step("warming up")
         self.engine.warmup(cfg.engine.warmup_runs)
+        self._raise_if_stop_requested()
         facts = self.engine.describe()
         log.info("engine %s ready in %.2fs (%s)", self.engine.name, time.perf_counter() - started,
                  ", ".join(f"{k}={v}" for k, v in facts.items()))
@@ -99,6 +112,8 @@ class Daemon:
             self.metrics.program_cache.labels(outcome=report.cache).inc()
             log.info("compiled program: cache %s, compile %.1fs", report.cache, report.compile_seconds)
 
+        self._raise_if_stop_requested()
+        self._startup_step("opening the sources")
         for source_config in cfg.sources:
             source = create_source(source_config)
             self.sources.append(source)
@@ -113,6 +128,7 @@ class Daemon:
         self.pipeline = Pipeline(self.sources, self.engine, self.info, self.publishers, identity,
                                  cfg.pipeline, self.metrics)
         self._wait_for_subscribers()
+        self._raise_if_stop_requested()
         self.pipeline.start()
         self.ready.set()
         log.info("ready: %d stream(s)", len(self.sources))
@@ -189,16 +205,32 @@ class Daemon:
         if not wanted or not zmq_publishers:
             return
         log.info("waiting up to %.0fs for %d subscriber(s)", self.config.publish.zmq.wait_timeout_s, wanted)
-        self.systemd.status(f"waiting for {wanted} subscriber(s)")
+        self._startup_step(f"waiting for {wanted} subscriber(s)")
         got = zmq_publishers[0].wait_for_subscribers(wanted, self.config.publish.zmq.wait_timeout_s,
                                                      cancelled=self._stop_requested)
-        if self._stop_requested():
-            log.info("stopped while waiting for subscribers")
-        elif got < wanted:
+        if got < wanted and not self._stop_requested():
             log.warning("only %d of %d subscriber(s) arrived; starting anyway", got, wanted)
 
     def _stop_requested(self) -> bool:
         return any(signum in STOP_SIGNALS for signum in self._signals)
+
+    def _startup_step(self, text: str) -> None:
+        """A new start-up step: for /readyz, and as systemd's status line."""
+        self.startup_progress.step(text)
+        self.systemd.status(text)
+        self._next_startup_status = time.monotonic() + STARTUP_STATUS_EVERY_S
+
+    def _stop_requested_during_startup(self) -> bool:
+        """Polled while a long step (a compile) runs: refresh systemd's status with the elapsed time."""
+        if time.monotonic() >= self._next_startup_status:
+            self.systemd.status(self.startup_progress.status_line())
+            self._next_startup_status = time.monotonic() + STARTUP_STATUS_EVERY_S
+        return self._stop_requested()
+
+    def _raise_if_stop_requested(self) -> None:
+        if self._stop_requested():
+            first = next(signum for signum in self._signals if signum in STOP_SIGNALS)
+            raise BuildCancelled(f"{signal.Signals(first).name} received")
 
     def _reload(self) -> None:
         """SIGHUP: apply what can change live, report what needs a restart, keep everything on any error."""

@@ -186,6 +186,36 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def model_files(path: str | Path) -> list[Path]:
+    """The ONNX file and the external data files its initializers name (relative to its folder, as ONNX
+    and MIGraphX resolve them), in a stable order; a missing data file is a :class:`ModelMetadataError`."""
+    import onnx
+
+    path = Path(path)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    locations = sorted({entry.value for tensor in graph.initializer
+                        if tensor.data_location == onnx.TensorProto.EXTERNAL
+                        for entry in tensor.external_data if entry.key == "location"})
+    files = [path.parent / location for location in locations]
+    missing = [str(file) for file in files if not file.is_file()]
+    if missing:
+        raise ModelMetadataError(f"{path}: external weight data not found: {', '.join(missing)}")
+    return [path, *files]
+
+
+def model_sha256(path: str | Path) -> str:
+    """What the model is made of, hashed: the ONNX file's sha256 when it holds its weights; with weights in
+    external data files, a sha256 over every file's name and sha256 (two models whose graphs are the same
+    bytes but whose weights differ must not share an id or a compiled program)."""
+    files = model_files(path)
+    if len(files) == 1:
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def model_id(path: str | Path, info: ModelInfo) -> str:
-    """``name:sha12``: the model's name and the first 12 hex digits of the file's sha256."""
-    return f"{info.name}:{file_sha256(path)[:12]}"
+    """``name:sha12``: the model's name and the first 12 hex digits of :func:`model_sha256`."""
+    return f"{info.name}:{model_sha256(path)[:12]}"

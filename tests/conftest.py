@@ -66,6 +66,17 @@ port = {metrics_port}
 """
 
 
+@pytest.fixture(autouse=True)
+def _simulated_device_environment() -> Iterator[None]:
+    """``DEVICE.reset`` exports the simulated hardware as ``HIP_DOUBLE_*`` for child processes: restore
+    those variables after each test, so that one test's device never reaches a later test's daemon."""
+    saved = {name: value for name, value in os.environ.items() if name.startswith("HIP_DOUBLE_")}
+    yield
+    for name in [name for name in os.environ if name.startswith("HIP_DOUBLE_")]:
+        del os.environ[name]
+    os.environ.update(saved)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -36,11 +36,12 @@ def colour_model_info(input_hw: tuple[int, int] = (32, 32), batch: int | None = 
 
 
 def colour_model(path: Path, info: ModelInfo | None = None, with_metadata: bool = True,
-                 shape_derived_pad: bool = False) -> Path:
+                 shape_derived_pad: bool = False, half_input: bool = False) -> Path:
     """Write the colour classifier to ``path`` and return it.
 
     ``shape_derived_pad`` adds a zero Pad whose pads are computed from the input's Shape: harmless for
     ONNX Runtime, refused by MIGraphX's parser (pads must be constant), as an unfolded timm export was.
+    ``half_input`` declares the input float16 (cast to float32 inside), as a model exported for fp16 I/O.
     """
     info = info or colour_model_info()
     batch_dim: int | str = info.batch if info.batch is not None else "batch"
@@ -52,15 +53,19 @@ def colour_model(path: Path, info: ModelInfo | None = None, with_metadata: bool 
         helper.make_node("Concat", ["zeros4", "zeros4"], ["pads"], axis=0),
         helper.make_node("Pad", ["input", "pads"], ["padded"]),
     ] if shape_derived_pad else []
+    cast_nodes = [helper.make_node("Cast", ["input"], ["input_float"], to=TensorProto.FLOAT)] if half_input else []
+    image = "padded" if shape_derived_pad else "input_float" if half_input else "input"
     graph = helper.make_graph(
         [
             *pad_nodes,
-            helper.make_node("GlobalAveragePool", ["padded" if shape_derived_pad else "input"], ["pooled"]),
+            *cast_nodes,
+            helper.make_node("GlobalAveragePool", [image], ["pooled"]),
             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
             helper.make_node("MatMul", ["flat", "weights"], ["logits"]),
         ],
         "colour_mean",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch_dim, *info.input_size])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT16 if half_input else TensorProto.FLOAT,
+                                       [batch_dim, *info.input_size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch_dim, 3])],
         initializer=[numpy_helper.from_array(weights, "weights"),
                      *([numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")] if shape_derived_pad else [])],

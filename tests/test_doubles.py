@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ import pytest
 
 from tests.conftest import SHAPES_MODEL
 from tests.doubles import hip_runtime
-from tests.doubles.device import DEVICE, DeviceFault, HipError
+from tests.doubles.device import DEVICE, DataRace, DeviceFault, HipError
 from tests.onnx_models import colour_model, colour_model_info
 
 DOUBLES = Path(__file__).resolve().parent / "doubles"
@@ -572,3 +573,156 @@ def test_double_buffered_pipeline_matches_onnxruntime(migraphx: ModuleType, hip:
         hip.sync(stream)
         np.testing.assert_allclose(pipe.pinned_out, reference(colour, x), rtol=1e-6, atol=1e-6)
     assert not DEVICE.faults and DEVICE.pageable_copies == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# races, waiting, device identity, the GIL, program memory
+
+
+def test_a_copy_over_an_input_a_kernel_may_still_read_is_a_data_race(migraphx: ModuleType, hip: Hip,
+                                                                       colour: Path) -> None:
+    """A buffer re-submitted while in flight: its upload on the copy stream overwrites the device input
+    that the previous run on the compute stream may still be reading. A GPU would silently corrupt it."""
+    DEVICE.reset(op_delay_s=DELAY)
+    pipe = DevicePipeline(migraphx, hip, colour, batch=2)
+    copy_stream, compute_stream, copied = hip.stream(), hip.stream(), hip.event()
+    hip.copy(pipe.d_input, pipe.pinned_in.ctypes.data, pipe.input_shape.bytes(), H2D, copy_stream)
+    assert hip.lib.hipEventRecord(copied, copy_stream) == 0
+    assert hip.lib.hipStreamWaitEvent(compute_stream, copied, 0) == 0
+    pipe.prog.run_async(pipe.params(), compute_stream, "ihipStream_t")
+    with pytest.raises(DataRace, match="write-after-read race"):
+        hip.lib.hipMemcpyAsync(pipe.d_input, pipe.pinned_in.ctypes.data, pipe.input_shape.bytes(), H2D, copy_stream)
+    hip.sync(compute_stream)  # once the host has seen the run finish, the copy is ordered after it
+    hip.copy(pipe.d_input, pipe.pinned_in.ctypes.data, pipe.input_shape.bytes(), H2D, copy_stream)
+    hip.sync(copy_stream)
+
+
+def test_a_kernel_that_does_not_wait_for_its_upload_is_a_data_race(migraphx: ModuleType, hip: Hip,
+                                                                   colour: Path) -> None:
+    DEVICE.reset(op_delay_s=DELAY)
+    pipe = DevicePipeline(migraphx, hip, colour, batch=2)
+    copy_stream, compute_stream = hip.stream(), hip.stream()
+    hip.copy(pipe.d_input, pipe.pinned_in.ctypes.data, pipe.input_shape.bytes(), H2D, copy_stream)
+    with pytest.raises(RuntimeError, match="read-after-write race"):  # no hipStreamWaitEvent in between
+        pipe.prog.run_async(pipe.params(), compute_stream, "ihipStream_t")
+    hip.sync(copy_stream)
+
+
+@pytest.mark.parametrize("flags, busy", [(hip_runtime.HIP_EVENT_DISABLE_TIMING, True),
+                                         (hip_runtime.HIP_EVENT_DISABLE_TIMING | hip_runtime.HIP_EVENT_BLOCKING_SYNC,
+                                          False)])
+def test_event_synchronize_spins_unless_blocking_sync(hip: Hip, flags: int, busy: bool) -> None:
+    """As ROCm's runtime: without hipEventBlockingSync the waiting thread keeps a core busy."""
+    DEVICE.reset(op_delay_s=0.4)
+    stream, device, pinned = hip.stream(), hip.malloc(64), hip.host_malloc(64)
+    event = hip.out("hipEventCreateWithFlags", flags)
+    hip.copy(device, pinned, 64, H2D, stream)
+    assert hip.lib.hipEventRecord(event, stream) == 0
+    wall, cpu = time.monotonic(), time.thread_time()
+    assert hip.lib.hipEventSynchronize(event) == 0
+    wall, cpu = time.monotonic() - wall, time.thread_time() - cpu
+    assert wall >= 0.35
+    assert (cpu > 0.5 * wall) if busy else (cpu < 0.1 * wall), f"{cpu:.2f}s of CPU in {wall:.2f}s"
+
+
+class DeviceProp(ctypes.Structure):
+    """Just the prefix of hipDeviceProp_tR0600 up to multiProcessorCount: too small to be written to."""
+
+    _fields_ = [("name", ctypes.c_char * 256), ("rest", ctypes.c_char * 136)]
+
+
+def test_device_properties_are_written_where_the_header_puts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    DEVICE.reset(device_count=2, arch=("gfx90a:sramecc+:xnack-", "gfx1100"), compute_units=96)
+    lib = hip_runtime.HipLibrary()
+    get = lib.hipGetDevicePropertiesR0600
+    get.argtypes, get.restype = [c_void_p, c_int], c_int
+    buffer = ctypes.create_string_buffer(1472)
+    assert get(buffer, 0) == 0
+    assert buffer.raw[1160:1160 + 23] == b"gfx90a:sramecc+:xnack-\0"
+    assert int.from_bytes(buffer.raw[388:392], "little") == 96
+    monkeypatch.setenv("HSA_XNACK", "1")  # ROCm turns xnack on where the GPU supports it
+    assert get(buffer, 0) == 0 and buffer.raw[1160:1182] == b"gfx90a:sramecc+:xnack+"
+    assert get(buffer, 1) == 0 and buffer.raw[1160:1168] == b"gfx1100\0"
+    assert get(buffer, 2) == HipError.hipErrorInvalidDevice
+    with pytest.raises(TypeError, match="points at 392 bytes; the function writes 1472"):
+        get(ctypes.byref(DeviceProp()), 0)
+    version = lib.hipRuntimeGetVersion
+    version.argtypes, version.restype = [POINTER(c_int)], c_int
+    value = c_int()
+    assert version(pointer(value)) == 0 and value.value == 70226015
+
+
+def test_the_current_device_is_per_thread(hip: Hip) -> None:
+    DEVICE.reset(device_count=2)
+    assert hip.lib.hipSetDevice(1) == 0 and DEVICE.current() == 1
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(DEVICE.current()))
+    thread.start()
+    thread.join()
+    assert seen == [0], "a new thread starts on device 0"
+
+
+def test_child_processes_see_the_same_device(tmp_path: Path) -> None:
+    DEVICE.reset(device_count=3, arch=("gfx942:sramecc+:xnack-",), compute_units=304)
+    script = "from tests.doubles.device import DEVICE as D; print(D.device_count, D.settings.arch_of(2), " \
+             "D.settings.compute_units)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.split() == ["3", "gfx942:sramecc+:xnack-", "304"]
+
+
+@pytest.mark.parametrize("step", ["parse", "compile", "load"])
+def test_parse_compile_and_load_hold_the_gil(migraphx: ModuleType, colour: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """As the real bindings (no gil_scoped_release): no other Python thread runs meanwhile."""
+    saved = tmp_path / "p.mxr"
+    if step == "load":
+        program = migraphx.parse_onnx(str(colour), default_dim_value=2)
+        program.compile(migraphx.get_target("ref"))
+        migraphx.save(program, str(saved))
+    monkeypatch.setenv(f"MIGRAPHX_DOUBLE_{step.upper()}_S", "0.6")
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=tick)
+    thread.start()
+    time.sleep(0.05)
+    if step == "load":
+        migraphx.load(str(saved))
+    else:
+        program = migraphx.parse_onnx(str(colour), default_dim_value=2)
+        if step == "compile":
+            program.compile(migraphx.get_target("ref"))
+    stop.set()
+    thread.join()
+    assert max(np.diff(ticks)) >= 0.55, "another thread ran while the bindings held the GIL"
+
+
+def test_a_gpu_program_holds_device_memory_until_destroyed(migraphx: ModuleType, colour: Path,
+                                                           tmp_path: Path) -> None:
+    program = migraphx.parse_onnx(str(colour), default_dim_value=2)
+    program.compile(migraphx.get_target("gpu"), offload_copy=False)
+    weights = 3 * 3 * 4
+    assert DEVICE.leaks(owner="migraphx").device_allocations and DEVICE.device_bytes_in_use > weights
+    migraphx.save(program, str(tmp_path / "p.mxr"))
+    del program
+    assert DEVICE.device_bytes_in_use == 0
+    loaded = migraphx.load(str(tmp_path / "p.mxr"))
+    assert DEVICE.device_bytes_in_use > weights
+    del loaded
+    assert DEVICE.device_bytes_in_use == 0
+
+
+def test_a_program_compiled_for_another_isa_does_not_load(migraphx: ModuleType, colour: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    program = migraphx.parse_onnx(str(colour), default_dim_value=2)
+    program.compile(migraphx.get_target("gpu"), offload_copy=False)
+    migraphx.save(program, str(tmp_path / "p.mxr"))
+    monkeypatch.setenv("HSA_XNACK", "1")
+    with pytest.raises(RuntimeError, match=r"Failed to load module: code objects for gfx90a:sramecc\+:xnack-"):
+        migraphx.load(str(tmp_path / "p.mxr"))

@@ -26,8 +26,10 @@ def test_readyz_through_loading_waiting_running_ended_and_stopping(tmp_path: Pat
         daemon_config(SHAPES_MODEL, sources, zmq_port, port, exit_when_done=False,
                       engine=migraphx_double_engine(tmp_path / "cache")),
         env={**DOUBLES_ENV, "HIP_DOUBLE_OP_DELAY_S": "0.15"}).start()
-    first = poll(port, "/readyz", lambda status, body: True, timeout_s=60)
-    assert first[-1] == (503, {"ready": False, "model": "loading", "pipeline": "starting", "streams": {}})
+    status, body = poll(port, "/readyz", lambda status, body: True, timeout_s=60)[-1]
+    assert (status, {key: body[key] for key in ("ready", "model", "pipeline", "streams")}) == \
+        (503, {"ready": False, "model": "loading", "pipeline": "starting", "streams": {}})
+    assert set(body["startup"]) == {"step", "seconds"}, "what start-up is doing, and for how long"
     assert get(port, "/healthz") == (200, {"status": "ok"})  # alive while loading
 
     # Loaded, and waiting for the one subscriber the config asks for: still not ready.

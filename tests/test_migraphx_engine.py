@@ -4,17 +4,19 @@ cache, errors a user can act on, copy/compute overlap, and other threads running
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 
-from pipelines.engines import EngineConfig, EngineError, migraphx_unavailable
+from pipelines.engines import EngineConfig, EngineError, migraphx_engine, migraphx_unavailable
 from pipelines.engines.config import MigraphxOptions
 from pipelines.engines.migraphx_engine import MigraphxEngine, import_migraphx
 from pipelines.model_info import read_model_info
@@ -26,7 +28,7 @@ from tests.onnx_models import colour_model
 INFO = read_model_info(SHAPES_MODEL)
 
 
-def build(doubles: Doubles, cache: Path, model: Path = SHAPES_MODEL, **options: object) -> MigraphxEngine:
+def build(doubles: Doubles, cache: Path, model: Path = SHAPES_MODEL, **options: Any) -> MigraphxEngine:
     config = EngineConfig(type="migraphx", batch_size=4,
                           migraphx=MigraphxOptions(cache_dir=cache, hip_library=doubles.hip_library, **options))
     return MigraphxEngine(model, read_model_info(model), config, migraphx=doubles.migraphx)
@@ -47,7 +49,7 @@ def counting(module: ModuleType, name: str, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_second_start_loads_the_compiled_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     doubles = use_doubles()
-    compiles = counting(doubles.migraphx, "parse_onnx", monkeypatch)
+    compiles = counting(migraphx_engine, "compile_in_child", monkeypatch)
     first = build(doubles, tmp_path)
     assert first.build_report is not None and first.build_report.cache == "miss" and compiles == [1]
     (buffer,) = first.input_buffers(1)
@@ -120,12 +122,32 @@ def test_compile_failure_is_an_engine_error(tmp_path: Path) -> None:
         build(doubles, tmp_path / "cache", model=model)
 
 
-def test_out_of_gpu_memory_is_an_engine_error(tmp_path: Path) -> None:
-    doubles = use_doubles(device_memory_bytes=4096)
-    engine = build(doubles, tmp_path)
-    with pytest.raises(EngineError, match="cannot allocate GPU buffers"):
-        engine.input_buffers(2)
+def program_device_bytes(tmp_path: Path) -> int:
+    """Device memory that the compiled shapes model holds (weights and scratch) on the double."""
+    engine = build(use_doubles(), tmp_path)
+    in_use = DEVICE.device_bytes_in_use
     engine.close()
+    return in_use
+
+
+def test_out_of_gpu_memory_is_an_engine_error_and_leaks_nothing(tmp_path: Path) -> None:
+    """Room for the program and one buffer set: the second set fails half-way, and what it had already
+    allocated (pinned host buffers) is released, not leaked."""
+    input_bytes, output_bytes = 4 * 3 * 64 * 64 * 4, 4 * INFO.num_classes * 4
+    limit = program_device_bytes(tmp_path / "probe") + input_bytes + output_bytes + input_bytes // 2
+    doubles = use_doubles(device_memory_bytes=limit)
+    engine = build(doubles, tmp_path / "cache")
+    engine.input_buffers(1)
+    with pytest.raises(EngineError, match="cannot allocate GPU buffers: hipMalloc failed: out of memory"):
+        engine.input_buffers(1)
+    engine.close()
+    assert not DEVICE.leaks(), DEVICE.leaks()
+
+
+def test_a_program_that_does_not_fit_the_device_memory_is_an_engine_error(tmp_path: Path) -> None:
+    doubles = use_doubles(device_memory_bytes=4096)
+    with pytest.raises(EngineError, match="Memory not available to allocate buffer"):
+        build(doubles, tmp_path)
 
 
 def test_submit_needs_the_engines_own_pinned_buffers(tmp_path: Path) -> None:
@@ -141,13 +163,13 @@ def timed_operations(monkeypatch: pytest.MonkeyPatch, delay_s: float) -> list[tu
     log: list[tuple[int, float, float]] = []
     original = DEVICE.enqueue
 
-    def enqueue(stream, operation: Callable[[], None]):
+    def enqueue(stream, operation: Callable[[], None], *args: object, **kwargs: object):
         def timed() -> None:
             start = time.monotonic()
             time.sleep(delay_s)
             operation()
             log.append((stream.handle, start, time.monotonic()))
-        return original(stream, timed)
+        return original(stream, timed, *args, **kwargs)
 
     monkeypatch.setattr(DEVICE, "enqueue", enqueue)
     return log
@@ -198,3 +220,110 @@ def test_other_threads_run_while_the_engine_waits_for_the_gpu(tmp_path: Path) ->
     during = [t for t in ticks if start <= t <= end]
     assert len(during) >= 100, f"only {len(during)} ticks in {end - start:.2f}s: the wait blocked other threads"
     assert max(np.diff(during)) < 0.2, "no long freeze while the GPU computed"
+
+
+def test_waiting_for_a_result_sleeps_instead_of_spinning_a_core(tmp_path: Path) -> None:
+    """ROCm busy-waits in hipEventSynchronize unless the event has hipEventBlockingSync (and so does the
+    double): the collect thread would burn a core for the whole inference, taking it from capture and
+    preprocessing. The thread that waits for 0.9 s of GPU work must use almost no CPU meanwhile."""
+    doubles = use_doubles(op_delay_s=0.3)
+    engine = build(doubles, tmp_path)
+    (buffer,) = engine.input_buffers(1)
+    handle = engine.submit(buffer, 4)
+    wall, cpu = time.monotonic(), time.thread_time()
+    engine.result(handle)
+    wall, cpu = time.monotonic() - wall, time.thread_time() - cpu
+    engine.close()
+    assert wall >= 0.8, "three device operations of 0.3 s each"
+    assert cpu < 0.1 * wall, f"the waiting thread used {cpu:.2f}s of CPU in {wall:.2f}s"
+
+
+def cache_keys(cache: Path) -> list[dict[str, object]]:
+    return [json.loads(path.read_text()) for path in sorted(cache.glob("*.json"))]
+
+
+def test_the_cache_key_is_the_device_hip_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HSA_XNACK changes the ISA MIGraphX compiles for (gfx90a:sramecc+:xnack- vs xnack+): each setting
+    gets its own program, and switching back is a hit, not a failed load and a recompile every time."""
+    doubles = use_doubles(compute_units=110, runtime_version=70253211)
+    outcomes = []
+    for xnack in ("0", "1", "0", "1"):
+        monkeypatch.setenv("HSA_XNACK", xnack)
+        engine = build(doubles, tmp_path)
+        assert engine.build_report is not None
+        outcomes.append(engine.build_report.cache)
+        engine.close()
+    assert outcomes == ["miss", "miss", "hit", "hit"]
+    keys = cache_keys(tmp_path)
+    assert {key["device_arch"] for key in keys} == {"gfx90a:sramecc+:xnack-", "gfx90a:sramecc+:xnack+"}
+    assert {(key["compute_units"], key["hip_runtime_version"]) for key in keys} == {(110, 70253211)}
+    assert {key["migraphx_version"] for key in keys} == {"2.15.0-double"}
+    assert {(key["offload_copy"], key["fast_math"], key["exhaustive_tune"]) for key in keys} == {(False, True, False)}
+
+
+def test_the_device_used_is_the_one_in_the_key_and_the_one_compiled_for(tmp_path: Path) -> None:
+    """HIP numbers devices after HIP_VISIBLE_DEVICES (the kernel's KFD node order is another numbering):
+    device 1 here is a gfx1100, and the program must be keyed on, and compiled for, that one."""
+    doubles = use_doubles(device_count=2, arch=("gfx90a:sramecc+:xnack-", "gfx1100"))
+    engine = build(doubles, tmp_path, device=1)
+    (buffer,) = engine.input_buffers(1)
+    buffer[:] = 0.5
+    engine.infer(buffer, 4)
+    engine.close()
+    assert [key["device_arch"] for key in cache_keys(tmp_path)] == ["gfx1100"]
+
+
+def test_a_cached_program_that_does_not_fit_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An entry whose program lacks main:#output_0 (compiled with offload_copy=True, e.g. by an older
+    build) is stale: rebuilt, never a crash at the first batch."""
+    doubles = use_doubles()
+    build(doubles, tmp_path).close()
+    (entry,) = tmp_path.glob("*.mxr")
+    program = doubles.migraphx.parse_onnx(str(SHAPES_MODEL), map_input_dims={"input": [4, 3, 64, 64]})
+    program.compile(doubles.migraphx.get_target("gpu"), offload_copy=True)
+    doubles.migraphx.save(program, str(entry), format="msgpack")
+    del program
+    with caplog.at_level(logging.WARNING):
+        engine = build(doubles, tmp_path)
+    assert engine.build_report is not None and engine.build_report.cache == "rebuilt"
+    assert "main:#output_0" in caplog.text
+    (buffer,) = engine.input_buffers(1)
+    assert engine.infer(buffer, 4).shape == (4, INFO.num_classes)
+    engine.close()
+
+
+def test_a_program_with_a_half_input_is_refused(tmp_path: Path) -> None:
+    """The engine feeds float32: a program whose input is half_type would read the bytes as halves."""
+    doubles = use_doubles()
+    model = colour_model(tmp_path / "half.onnx", half_input=True)
+    with pytest.raises(EngineError, match=r"input of the compiled program does not fit: type half_type, "
+                                          r"expected float_type"):
+        build(doubles, tmp_path / "cache", model=model)
+    assert not list((tmp_path / "cache").glob("*.mxr")), "a program that does not fit is not kept"
+
+
+def test_close_frees_the_program_on_the_device(tmp_path: Path) -> None:
+    """The compiled program's weights and scratch are device memory until the program is destroyed:
+    close() must drop it, not leave it to the garbage collector."""
+    doubles = use_doubles()
+    engine = build(doubles, tmp_path)
+    engine.input_buffers(2)
+    assert DEVICE.leaks(owner="migraphx").device_allocations, "the program holds device memory"
+    engine.close()
+    assert not DEVICE.leaks(owner="migraphx") and not DEVICE.leaks()
+    assert DEVICE.device_bytes_in_use == 0
+
+
+def test_a_buffer_still_in_flight_cannot_be_submitted_again(tmp_path: Path) -> None:
+    """Its upload would overwrite the device input that the GPU may still be reading, and its result()
+    would then wait for the second run: refused with a clear error, and the first result is intact."""
+    doubles = use_doubles(op_delay_s=0.1)
+    engine = build(doubles, tmp_path)
+    (buffer,) = engine.input_buffers(1)
+    buffer[:] = 0.25
+    handle = engine.submit(buffer, 4)
+    with pytest.raises(EngineError, match="still in flight: collect its result"):
+        engine.submit(buffer, 4)
+    first = engine.result(handle)
+    np.testing.assert_array_equal(engine.infer(buffer, 4), first)
+    engine.close()

@@ -1,30 +1,33 @@
 """The compiled-program cache: hits, misses, corrupt and stale entries, atomic writes, unwritable dirs.
 
-Programs here are plain strings saved as text: the cache is generic and only sees load/save/build.
+Programs here are plain strings in text files: the cache is generic and only sees load/compile_to.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from pipelines.engines.gpu_arch import gfx_name, gpu_architecture
 from pipelines.engines.program_cache import CacheKey, ProgramCache
 
-KEY = CacheKey("ab" * 32, 4, "fp32", "gpu", "2.15.0", "gfx90a", False)
+KEY = CacheKey(model_sha256="ab" * 32, batch=4, precision="fp32", target="gpu", migraphx_version="2.15.0",
+               device_arch="gfx90a:sramecc+:xnack-", compute_units=104, hip_runtime_version=70226015,
+               offload_copy=False, fast_math=True, exhaustive_tune=False)
 
 
 class Compiler:
-    """Counts builds, loads and saves of text 'programs'."""
+    """Counts compiles of text 'programs'."""
 
     def __init__(self) -> None:
         self.builds = 0
 
-    def build(self) -> str:
+    def compile_to(self, path: Path) -> None:
         self.builds += 1
-        return f"program #{self.builds}"
+        path.write_text(f"program #{self.builds}")
 
     @staticmethod
     def load(path: Path) -> str:
@@ -33,12 +36,8 @@ class Compiler:
             raise RuntimeError("corrupt program file")
         return text
 
-    @staticmethod
-    def save(program: str, path: Path) -> None:
-        path.write_text(program)
-
     def get(self, cache: ProgramCache, key: CacheKey = KEY):
-        return cache.load_or_build(key, self.load, self.save, self.build)
+        return cache.load_or_build(key, self.load, self.compile_to)
 
 
 def test_miss_then_hit(tmp_path: Path) -> None:
@@ -49,15 +48,18 @@ def test_miss_then_hit(tmp_path: Path) -> None:
     assert (second.outcome, second.program, second.compile_seconds, compiler.builds) == ("hit", "program #1", 0.0, 1)
 
 
-@pytest.mark.parametrize("field", ["batch", "precision", "target", "compiler_version", "gpu_arch", "model_sha256",
-                                   "exhaustive_tune"])
+def changed(value: object) -> object:
+    return not value if isinstance(value, bool) else value + 1 if isinstance(value, int) else f"{value}-other"
+
+
+@pytest.mark.parametrize("field", [field.name for field in dataclasses.fields(CacheKey)])
 def test_every_key_field_separates_entries(tmp_path: Path, field: str) -> None:
     compiler, cache = Compiler(), ProgramCache(tmp_path)
     compiler.get(cache)
-    changed = {**KEY.__dict__, field: (not KEY.exhaustive_tune) if field == "exhaustive_tune" else
-               (8 if field == "batch" else "other")}
-    assert compiler.get(cache, CacheKey(**changed)).outcome == "miss"
+    other = dataclasses.replace(KEY, **{field: changed(getattr(KEY, field))})
+    assert compiler.get(cache, other).outcome == "miss"
     assert compiler.builds == 2
+    assert compiler.get(cache).outcome == compiler.get(cache, other).outcome == "hit"
 
 
 def test_corrupt_entry_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -75,7 +77,7 @@ def test_stale_key_file_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixt
     compiler, cache = Compiler(), ProgramCache(tmp_path)
     compiler.get(cache)
     _, key_path = cache.paths(KEY)
-    key_path.write_text(json.dumps({**KEY.__dict__, "compiler_version": "2.14.0"}))
+    key_path.write_text(json.dumps({**KEY.__dict__, "migraphx_version": "2.14.0"}))
     assert compiler.get(cache).outcome == "rebuilt"
     assert "stale" in caplog.text
 
@@ -87,36 +89,44 @@ def test_half_written_entry_is_rebuilt(tmp_path: Path) -> None:
     assert compiler.get(cache).outcome == "rebuilt"
 
 
-def test_failed_save_leaves_no_entry_and_no_temporary(tmp_path: Path) -> None:
+def test_a_failed_compile_leaves_no_entry_and_no_temporary(tmp_path: Path) -> None:
     cache = ProgramCache(tmp_path)
 
-    def failing_save(program: str, path: Path) -> None:
+    def failing_compile(path: Path) -> None:
         path.write_text("prog")
         raise OSError(28, "No space left on device")
 
-    result = cache.load_or_build(KEY, Compiler.load, failing_save, lambda: "program x")
-    assert result.outcome == "uncached" and result.program == "program x"
+    with pytest.raises(OSError, match="No space left"):
+        cache.load_or_build(KEY, Compiler.load, failing_compile)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_directory_that_is_a_file_compiles_without_caching(tmp_path: Path) -> None:
+def test_a_fresh_program_that_does_not_load_is_not_kept(tmp_path: Path) -> None:
+    cache = ProgramCache(tmp_path)
+    with pytest.raises(RuntimeError, match="corrupt program file"):
+        cache.load_or_build(KEY, Compiler.load, lambda path: path.write_text("garbage"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_entry_the_loader_finds_stale_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    compiler, cache = Compiler(), ProgramCache(tmp_path)
+    compiler.get(cache)
+
+    def picky_load(path: Path) -> str:
+        if path.read_text() == "program #1":
+            raise ValueError("its parameters are not what the engine feeds")
+        return path.read_text()
+
+    result = cache.load_or_build(KEY, picky_load, compiler.compile_to)
+    assert (result.outcome, result.program) == ("rebuilt", "program #2")
+    assert "not what the engine feeds" in caplog.text
+
+
+def test_directory_that_is_a_file_compiles_without_caching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     blocker = tmp_path / "cache"
     blocker.write_text("not a directory")
     result = Compiler().get(ProgramCache(blocker))
-    assert result.outcome == "uncached"
-
-
-def test_gfx_names() -> None:
-    assert gfx_name(90010) == "gfx90a"
-    assert gfx_name(90402) == "gfx942"
-    assert gfx_name(110000) == "gfx1100"
-    assert gfx_name(100300) == "gfx1030"
-
-
-def test_gpu_architecture_from_kfd_topology(tmp_path: Path) -> None:
-    for node, version in (("0", 0), ("1", 90010), ("2", 110000)):  # node 0 is the CPU
-        (tmp_path / node).mkdir()
-        (tmp_path / node / "properties").write_text(f"cpu_cores_count 8\ngfx_target_version {version}\n")
-    assert gpu_architecture(0, tmp_path) == "gfx90a"
-    assert gpu_architecture(1, tmp_path) == "gfx1100"
-    assert gpu_architecture(2, tmp_path) == "unknown"
+    assert (result.outcome, result.program, result.path) == ("uncached", "program #1", None)
+    assert list((tmp_path / "tmp").iterdir()) == [], "the temporary program file is removed after loading"

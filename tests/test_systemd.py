@@ -225,7 +225,7 @@ def test_notify_protocol_over_a_daemons_life(tmp_path: Path, colour_model_path: 
     finally:
         subscriber.close()
     startup = [status.split()[0] for status in notify_socket.statuses(before=ready_at)]
-    assert startup == ["loading", "building", "waiting"], notify_socket.lines
+    assert startup == ["reading", "building", "warming", "opening", "waiting"], notify_socket.lines
     running = notify_socket.statuses(after=ready_at, before=idle_at)
     assert running[0].startswith("running: 1 stream (") and "running: 1 stream (1 running)" in " ".join(running)
     pings = [t for t in notify_socket.times("WATCHDOG=1") if t < notify_socket.times("STOPPING=1")[0]]

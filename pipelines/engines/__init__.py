@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipelines.engines.base import Engine, EngineError
+from pipelines.engines.base import BuildCancelled, BuildHooks, Engine, EngineError
 from pipelines.engines.batching import resolve_batch
 from pipelines.engines.config import EngineConfig, MigraphxOptions
 from pipelines.model_info import ModelInfo
@@ -52,19 +52,20 @@ def probe_engine(config: EngineConfig, model_path: Path, info: ModelInfo) -> str
     return f"onnxruntime ({why}), providers {', '.join(resolve_providers(config.onnxruntime))}, batch {batch}"
 
 
-def create_engine(config: EngineConfig, model_path: Path, info: ModelInfo) -> Engine:
-    """Build the configured engine for ``model_path``; ``auto`` logs what it chose and why."""
+def create_engine(config: EngineConfig, model_path: Path, info: ModelInfo, hooks: BuildHooks | None = None) -> Engine:
+    """Build the configured engine for ``model_path``; ``auto`` logs what it chose and why. ``hooks`` hear of
+    long steps (a MIGraphX compile) and can stop them (:class:`BuildCancelled`)."""
     kind, why = choose_engine(config)
     if config.type == "auto":
         log.info("engine %s", why)
     if kind == "migraphx":
         from pipelines.engines.migraphx_engine import MigraphxEngine
 
-        return MigraphxEngine(model_path, info, config)
+        return MigraphxEngine(model_path, info, config, hooks=hooks)
     from pipelines.engines.onnxruntime import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(model_path, info, config)
 
 
-__all__ = ["Engine", "EngineConfig", "EngineError", "choose_engine", "create_engine", "migraphx_unavailable",
-           "probe_engine"]
+__all__ = ["BuildCancelled", "BuildHooks", "Engine", "EngineConfig", "EngineError", "choose_engine", "create_engine",
+           "migraphx_unavailable", "probe_engine"]

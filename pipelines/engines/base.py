@@ -9,6 +9,7 @@ the device copies from directly; a CPU engine plain arrays.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,30 @@ import numpy as np
 
 class EngineError(RuntimeError):
     """The engine could not be built or could not run; the message says what a user can do."""
+
+
+class BuildCancelled(Exception):
+    """A stop was requested while the engine was being built (or the daemon started): not an error."""
+
+
+def _ignore(step: str) -> None:
+    """A build step nobody reports."""
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class BuildHooks:
+    """How a long build (minutes of compiling) tells what it is doing and learns that it should stop.
+
+    ``stop_requested`` is polled several times a second while the build waits for a long step; when it
+    returns True the step is stopped and :class:`BuildCancelled` raised.
+    """
+
+    step: Callable[[str], None] = _ignore
+    stop_requested: Callable[[], bool] = _never
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,18 @@ from __future__ import annotations
 import ctypes
 import importlib
 from ctypes import POINTER, c_char_p, c_int, c_size_t, c_uint, c_void_p
+from dataclasses import dataclass
 from typing import Any
+
+from pipelines.engines import hip_device_prop
+from pipelines.engines.hip_device_prop import HipDeviceProp
 
 HIP_MEMCPY_HOST_TO_DEVICE = 1
 HIP_MEMCPY_DEVICE_TO_HOST = 2
 HIP_STREAM_NON_BLOCKING = 1
+# Without BlockingSync, ROCm's hipEventSynchronize busy-waits (clr hip_event.cpp → rocdevice.cpp
+# IsHwEventReady): the waiting thread would burn a whole core for the whole inference.
+HIP_EVENT_BLOCKING_SYNC = 1
 HIP_EVENT_DISABLE_TIMING = 2
 HIP_HOST_MALLOC_DEFAULT = 0
 HIP_ERROR_NO_DEVICE = 100
@@ -37,7 +44,19 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "hipStreamWaitEvent": ([c_void_p, c_void_p, c_uint], c_int),
     "hipEventSynchronize": ([c_void_p], c_int),
     "hipEventDestroy": ([c_void_p], c_int),
+    "hipRuntimeGetVersion": ([POINTER(c_int)], c_int),
+    hip_device_prop.SYMBOL: ([POINTER(HipDeviceProp), c_int], c_int),
 }
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """What a compiled MIGraphX program depends on, of the device and runtime it runs on."""
+
+    name: str
+    arch: str  # gcnArchName with its features, e.g. gfx90a:sramecc+:xnack- (HSA_XNACK changes it)
+    compute_units: int  # MIGraphX bakes it into launch sizes
+    runtime_version: int  # hipRuntimeGetVersion
 
 
 class HipError(RuntimeError):
@@ -91,6 +110,16 @@ class Hip:
     def set_device(self, device: int) -> None:
         self._check("hipSetDevice", self._lib.hipSetDevice(device))
 
+    def device_identity(self, device: int) -> DeviceIdentity:
+        """HIP's own view of ``device`` (its index as HIP numbers them, after ``HIP_VISIBLE_DEVICES``)."""
+        properties = HipDeviceProp()
+        get_properties = getattr(self._lib, hip_device_prop.SYMBOL)
+        self._check(hip_device_prop.SYMBOL, get_properties(ctypes.pointer(properties), device))
+        version = c_int(0)
+        self._check("hipRuntimeGetVersion", self._lib.hipRuntimeGetVersion(ctypes.pointer(version)))
+        return DeviceIdentity(properties.name.decode(errors="replace"), properties.gcnArchName.decode(errors="replace"),
+                              properties.multiProcessorCount, version.value)
+
     def host_malloc(self, nbytes: int) -> int:
         """Pinned (page-locked) host memory: what asynchronous host↔device copies need."""
         return self._out("hipHostMalloc", nbytes, HIP_HOST_MALLOC_DEFAULT)
@@ -119,7 +148,8 @@ class Hip:
         self._check("hipStreamDestroy", self._lib.hipStreamDestroy(stream))
 
     def event_create(self) -> int:
-        return self._out("hipEventCreateWithFlags", HIP_EVENT_DISABLE_TIMING)
+        """An event to wait on without spinning a core, and without timing (cheaper to record)."""
+        return self._out("hipEventCreateWithFlags", HIP_EVENT_BLOCKING_SYNC | HIP_EVENT_DISABLE_TIMING)
 
     def event_record(self, event: int, stream: int) -> None:
         self._check("hipEventRecord", self._lib.hipEventRecord(event, stream))

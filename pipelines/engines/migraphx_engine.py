@@ -10,8 +10,15 @@ output buffer and a pinned output buffer. A submission is, without any blocking 
 
 so batch N+1's copy overlaps batch N's compute, and executions of the program are serialised on the one
 compute stream (MIGraphX allows only one run per program in flight: it has one scratch buffer). Waiting is
-``hipEventSynchronize`` through ctypes, which releases the GIL, whereas MIGraphX's own synchronous ``run``
-would freeze every Python thread for the whole inference.
+``hipEventSynchronize`` through ctypes, which releases the GIL, on events created with
+``hipEventBlockingSync`` so that the waiting thread sleeps instead of spinning a core; MIGraphX's own
+synchronous ``run`` would freeze every Python thread for the whole inference. A buffer is not submitted
+again before its result is collected (its device input would be overwritten while the GPU reads it).
+
+The program is compiled in a child process (``migraphx_compile``: the bindings hold the GIL for the whole
+compile) into the cache, keyed by everything it depends on (``program_cache.CacheKey``); the daemon only
+loads it, and checks that its parameters are what this engine feeds it (a program that does not fit is
+stale: rebuilt). ``close()`` frees the program, its weights and scratch with it.
 
 The ``ref`` target (MIGraphX's reference implementation, for debugging) runs synchronously on the host.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -27,17 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.engines.base import BuildReport, Engine, EngineError
+from pipelines.engines.base import BuildHooks, BuildReport, Engine, EngineError
 from pipelines.engines.batching import resolve_batch
 from pipelines.engines.config import EngineConfig
-from pipelines.engines.gpu_arch import gpu_architecture
 from pipelines.engines.hip import Hip, HipError, load_library
-from pipelines.engines.program_cache import CacheKey, CacheResult, ProgramCache
-from pipelines.model_info import ModelInfo, file_sha256
+from pipelines.engines.migraphx_compile import CompileRequest, compile_in_child
+from pipelines.engines.program_cache import CacheKey, ProgramCache
+from pipelines.model_info import ModelInfo, model_sha256
 
 log = logging.getLogger(__name__)
 
 OUTPUT_PARAMETER = "main:#output_0"  # how offload_copy=False programs name their first output
+FLOAT_TYPE = "float_type"  # shape.type_string() of float32
 INSTALL_HINT = (
     "install MIGraphX from ROCm's packages (e.g. 'apt install migraphx' on a ROCm box) and put /opt/rocm/lib "
     "on PYTHONPATH; PyPI's 'migraphx' is an empty placeholder"
@@ -84,46 +93,53 @@ class _Slot:
     done: int
     view_in: np.ndarray
     view_out: np.ndarray
+    in_flight: bool = False
 
 
 class MigraphxEngine(Engine):
     name = "migraphx"
 
     def __init__(self, model_path: Path, info: ModelInfo, config: EngineConfig,
-                 migraphx: ModuleType | None = None) -> None:
+                 migraphx: ModuleType | None = None, hooks: BuildHooks | None = None) -> None:
         self._mgx = migraphx or import_migraphx()
         self._info = info
         options = config.migraphx
         self._gpu = options.target == "gpu"
+        self._device = options.device
         self.batch_size = resolve_batch(model_path, info.batch, config.batch_size)
         self.max_in_flight = 2 if self._gpu else 1
         self._hip = open_gpu(options.hip_library, options.device) if self._gpu else None
+        self._thread_devices = threading.local()  # threads that made the engine's device their current one
         self._input_name = _graph_input_name(model_path, info)
         self._slots: dict[int, _Slot] = {}
         self._streams: list[int] = []
+        self._precision = "fp16" if options.fp16 else "fp32"
+        hooks = hooks or BuildHooks()
+        request = CompileRequest(
+            migraphx_module=self._mgx.__name__, hip_library=options.hip_library, model=str(model_path),
+            input_name=self._input_name, input_dims=[self.batch_size, *info.input_size], fp16=options.fp16,
+            target=options.target, device=options.device, offload_copy=not self._gpu, fast_math=True,
+            exhaustive_tune=options.exhaustive_tune)
+        key = self._cache_key(model_path, request)
 
-        key = CacheKey(
-            model_sha256=file_sha256(model_path), batch=self.batch_size,
-            precision="fp16" if options.fp16 else "fp32", target=options.target,
-            compiler_version=str(getattr(self._mgx, "__version__", "unknown")),
-            gpu_arch=gpu_architecture(options.device) if self._gpu else "host",
-            exhaustive_tune=options.exhaustive_tune,
-        )
-        self._precision = key.precision
+        def load(path: Path) -> Any:
+            hooks.step("loading the compiled program")
+            program = self._mgx.load(str(path), format="msgpack")
+            self._check_program(program, model_path)
+            return program
+
         try:
-            self.cache: CacheResult[Any] = ProgramCache(options.cache_dir).load_or_build(
-                key,
-                load=lambda path: self._mgx.load(str(path), format="msgpack"),
-                save=lambda program, path: self._mgx.save(program, str(path), format="msgpack"),
-                build=lambda: self._compile(model_path, options.fp16, options.target, options.exhaustive_tune),
-            )
+            cache = ProgramCache(options.cache_dir).load_or_build(
+                key, load, lambda path: compile_in_child(request, path, hooks))
         except EngineError:
             raise
-        except Exception as exc:  # the bindings raise RuntimeError with MIGraphX's message
-            raise EngineError(f"MIGraphX cannot compile {model_path}: {exc}") from exc
-        self._program = self.cache.program
-        self.build_report = BuildReport(self.cache.outcome, self.cache.compile_seconds)
-        self._check_shapes(model_path)
+        except OSError as exc:
+            raise EngineError(f"cannot compile {model_path} for MIGraphX: {exc}") from exc
+        except RuntimeError as exc:  # the bindings raise RuntimeError with MIGraphX's message
+            raise EngineError(f"MIGraphX cannot load the program compiled from {model_path}: {exc}") from exc
+        self._program = cache.program
+        self._cache_outcome = cache.outcome
+        self.build_report = BuildReport(cache.outcome, cache.compile_seconds)
         if self._gpu:
             assert self._hip is not None
             try:
@@ -132,33 +148,40 @@ class MigraphxEngine(Engine):
                 raise EngineError(f"cannot create HIP streams: {exc}") from exc
             self._streams = [self._copy_stream, self._compute_stream]
 
-    def _compile(self, model_path: Path, fp16: bool, target: str, exhaustive_tune: bool) -> Any:
-        mgx = self._mgx
-        log.info("compiling %s for MIGraphX %s (batch %d, %s); this can take minutes", model_path, target,
-                 self.batch_size, "fp16" if fp16 else "fp32")
-        program = mgx.parse_onnx(str(model_path),
-                                 map_input_dims={self._input_name: [self.batch_size, *self._info.input_size]})
-        if fp16:
-            mgx.quantize_fp16(program)
-        program.compile(mgx.get_target(target), offload_copy=not self._gpu, fast_math=True,
-                        exhaustive_tune=exhaustive_tune)
-        return program
+    def _cache_key(self, model_path: Path, request: CompileRequest) -> CacheKey:
+        """The key of the compiled program: the model, how it is compiled, and (on a GPU) the device as HIP
+        sees it — the ISA with its features, the compute units, the HIP runtime — for the device used."""
+        identity = None
+        if self._hip is not None:
+            try:
+                identity = self._hip.device_identity(request.device)
+            except HipError as exc:
+                raise EngineError(f"cannot read the properties of GPU {request.device}: {exc}") from exc
+        return CacheKey(
+            model_sha256=model_sha256(model_path), batch=self.batch_size, precision=self._precision,
+            target=request.target, migraphx_version=str(getattr(self._mgx, "__version__", "unknown")),
+            device_arch=identity.arch if identity else "host",
+            compute_units=identity.compute_units if identity else 0,
+            hip_runtime_version=identity.runtime_version if identity else 0,
+            offload_copy=request.offload_copy, fast_math=request.fast_math,
+            exhaustive_tune=request.exhaustive_tune,
+        )
 
-    def _check_shapes(self, model_path: Path) -> None:
-        shapes = self._program.get_parameter_shapes()
+    def _check_program(self, program: Any, model_path: Path) -> None:
+        """The program's parameters must be what :meth:`submit` feeds: standard float32 of the expected lens
+        (a program that does not fit, e.g. a cache entry from another build, is an :class:`EngineError`)."""
+        shapes = program.get_parameter_shapes()
         if self._input_name not in shapes:
             raise EngineError(f"{model_path}: compiled program has no parameter {self._input_name!r} "
                               f"(has {sorted(shapes)})")
         self._input_shape = shapes[self._input_name]
-        expected = [self.batch_size, *self._info.input_size]
-        if list(self._input_shape.lens()) != expected:
-            raise EngineError(f"{model_path}: compiled input shape {list(self._input_shape.lens())} is not "
-                              f"the expected {expected}")
-        output_shapes = self._program.get_output_shapes()
-        self._output_shape = shapes[OUTPUT_PARAMETER] if self._gpu else output_shapes[0]
-        if list(self._output_shape.lens()) != [self.batch_size, self._info.num_classes]:
-            raise EngineError(f"{model_path}: output shape {list(self._output_shape.lens())} does not match "
-                              f"{self._info.num_classes} labels at batch {self.batch_size}")
+        _check_shape(self._input_shape, [self.batch_size, *self._info.input_size], f"{model_path}: input")
+        if self._gpu and OUTPUT_PARAMETER not in shapes:
+            raise EngineError(f"{model_path}: compiled program has no {OUTPUT_PARAMETER} parameter (not compiled "
+                              f"with offload_copy=False; has {sorted(shapes)})")
+        self._output_shape = shapes[OUTPUT_PARAMETER] if self._gpu else program.get_output_shapes()[0]
+        _check_shape(self._output_shape, [self.batch_size, self._info.num_classes],
+                     f"{model_path}: output (for {self._info.num_classes} labels)")
 
     @property
     def input_chw(self) -> tuple[int, int, int]:
@@ -170,17 +193,31 @@ class MigraphxEngine(Engine):
         return [self._new_slot().view_in for _ in range(count)]
 
     def _new_slot(self) -> _Slot:
+        """Pinned host and device buffers and two events for one input buffer; all or nothing."""
         assert self._hip is not None
         hip = self._hip
         in_bytes, out_bytes = self._input_shape.bytes(), self._output_shape.bytes()
+        made: list[tuple[Any, int]] = []  # (release function, handle) of what exists so far
+
+        def make(allocate: Any, release: Any, *args: int) -> int:
+            handle = allocate(*args)
+            made.append((release, handle))
+            return handle
+
         try:
-            host_in, host_out = hip.host_malloc(in_bytes), hip.host_malloc(out_bytes)
-            slot = _Slot(host_in, hip.malloc(in_bytes), hip.malloc(out_bytes), host_out,
-                         hip.event_create(), hip.event_create(),
-                         _float32_view(host_in, (self.batch_size, *self._info.input_size)),
-                         _float32_view(host_out, (self.batch_size, self._info.num_classes)))
+            host_in = make(hip.host_malloc, hip.host_free, in_bytes)
+            host_out = make(hip.host_malloc, hip.host_free, out_bytes)
+            device_in = make(hip.malloc, hip.free, in_bytes)
+            device_out = make(hip.malloc, hip.free, out_bytes)
+            copied = make(hip.event_create, hip.event_destroy)
+            done = make(hip.event_create, hip.event_destroy)
         except HipError as exc:
+            for release, handle in reversed(made):
+                release(handle)
             raise EngineError(f"cannot allocate GPU buffers: {exc}") from exc
+        slot = _Slot(host_in, device_in, device_out, host_out, copied, done,
+                     _float32_view(host_in, (self.batch_size, *self._info.input_size)),
+                     _float32_view(host_out, (self.batch_size, self._info.num_classes)))
         self._slots[slot.view_in.ctypes.data] = slot
         return slot
 
@@ -191,8 +228,12 @@ class MigraphxEngine(Engine):
         slot = self._slots.get(inputs.ctypes.data)
         if slot is None:
             raise EngineError("submit() needs one of this engine's input_buffers (pinned host memory)")
+        if slot.in_flight:  # its upload would overwrite the device input the GPU may still be reading
+            raise EngineError("this input buffer's previous batch is still in flight: collect its result() "
+                              "before submitting the buffer again")
         hip, mgx = self._hip, self._mgx
         assert hip is not None
+        self._use_device_on_this_thread(hip)
         hip.copy_to_device_async(slot.device_in, slot.host_in, self._input_shape.bytes(), self._copy_stream)
         hip.event_record(slot.copied, self._copy_stream)
         hip.stream_wait_event(self._compute_stream, slot.copied)
@@ -202,7 +243,15 @@ class MigraphxEngine(Engine):
             self._compute_stream, "ihipStream_t")
         hip.copy_to_host_async(slot.host_out, slot.device_out, self._output_shape.bytes(), self._compute_stream)
         hip.event_record(slot.done, self._compute_stream)
+        slot.in_flight = True
         return slot, count
+
+    def _use_device_on_this_thread(self, hip: Hip) -> None:
+        """hipSetDevice is per thread, and MIGraphX launches on the calling thread's current device."""
+        if getattr(self._thread_devices, "set", False):
+            return
+        hip.set_device(self._device)
+        self._thread_devices.set = True
 
     def result(self, handle: Any) -> np.ndarray:
         if not self._gpu:
@@ -210,7 +259,9 @@ class MigraphxEngine(Engine):
         slot, count = handle
         assert self._hip is not None
         self._hip.event_synchronize(slot.done)
-        return np.array(slot.view_out[:count], dtype=np.float32)
+        logits = np.array(slot.view_out[:count], dtype=np.float32)
+        slot.in_flight = False
+        return logits
 
     def describe(self) -> dict[str, str]:
         return {
@@ -219,27 +270,42 @@ class MigraphxEngine(Engine):
             "target": "gpu" if self._gpu else "ref",
             "batch": str(self.batch_size),
             "precision": self._precision,
-            "cache": self.cache.outcome,
+            "cache": self._cache_outcome,
         }
 
     def close(self) -> None:
+        """Wait for work in flight, then free the buffers, streams, events and the program (its weights and
+        scratch are device memory until the program object is destroyed)."""
         hip = self._hip
-        if hip is None:
-            return
-        for slot in self._slots.values():
-            hip.event_synchronize(slot.done)  # nothing may still use the memory freed below
-        for stream in self._streams:
-            hip.stream_destroy(stream)
-        self._streams = []
-        for slot in self._slots.values():
-            for event in (slot.copied, slot.done):
-                hip.event_destroy(event)
-            for address in (slot.device_in, slot.device_out):
-                hip.free(address)
-            for address in (slot.host_in, slot.host_out):
-                hip.host_free(address)
-        self._slots.clear()
-        self._hip = None
+        if hip is not None:
+            for slot in self._slots.values():
+                hip.event_synchronize(slot.done)  # nothing may still use the memory freed below
+            for stream in self._streams:
+                hip.stream_destroy(stream)
+            self._streams = []
+            for slot in self._slots.values():
+                for event in (slot.copied, slot.done):
+                    hip.event_destroy(event)
+                for address in (slot.device_in, slot.device_out):
+                    hip.free(address)
+                for address in (slot.host_in, slot.host_out):
+                    hip.host_free(address)
+            self._slots.clear()
+            self._hip = None
+        self._program = None
+
+
+def _check_shape(shape: Any, lens: list[int], what: str) -> None:
+    """A compiled parameter must be standard (C-contiguous) float32 of exactly ``lens``."""
+    problems = []
+    if list(shape.lens()) != lens:
+        problems.append(f"lens {list(shape.lens())}, expected {lens}")
+    if shape.type_string() != FLOAT_TYPE:
+        problems.append(f"type {shape.type_string()}, expected {FLOAT_TYPE}")
+    if not shape.standard():
+        problems.append(f"strides {list(shape.strides())} are not standard")
+    if problems:
+        raise EngineError(f"{what} of the compiled program does not fit: {'; '.join(problems)}")
 
 
 def _float32_view(address: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -19,12 +19,22 @@ What it models:
 - **Marks** (a stream position plus a vector clock) record what is ordered before what: stream order,
   ``hipStreamWaitEvent`` edges, and host synchronisation. The migraphx double uses them to refuse two
   executions of one program that are not ordered.
+- **Data races** on device memory: every copy and kernel declares what it reads and writes, and one
+  that touches memory an earlier unordered operation on another stream writes (or, for a write, reads)
+  raises :class:`DataRace` when it is queued. ★ Stricter than a GPU, which silently corrupts the data.
 - **Faults** raised by operations on a worker (an illegal address, a failed kernel) are sticky, as on a
   GPU: every later HIP call returns the fault's code.
+- **The devices' identity** (``hipGetDevicePropertiesR0600``, ``hipRuntimeGetVersion``): an ISA name
+  with features per device (``HSA_XNACK=1`` turns ``xnack-`` into ``xnack+``, as ROCm does on GPUs that
+  support it), a compute-unit count and a HIP runtime version; and each thread's current device
+  (``hipSetDevice`` is per thread, and a thread starts on device 0).
 
-Configuration comes from ``reset(...)`` or, at import, from the environment (for subprocesses):
-``HIP_DOUBLE_DEVICE_COUNT`` (default 1), ``HIP_DOUBLE_DEVICE_MEMORY_BYTES`` (default unlimited),
-``HIP_DOUBLE_OP_DELAY_S`` (default 0).
+Configuration comes from ``reset(...)`` or, at import, from the environment: ``HIP_DOUBLE_DEVICE_COUNT``
+(default 1), ``HIP_DOUBLE_DEVICE_MEMORY_BYTES`` (default unlimited), ``HIP_DOUBLE_OP_DELAY_S`` (default 0),
+``HIP_DOUBLE_ARCH`` (comma-separated, one per device, the last repeated; default
+``gfx90a:sramecc+:xnack-``), ``HIP_DOUBLE_COMPUTE_UNITS`` (104), ``HIP_DOUBLE_RUNTIME_VERSION``
+(70226015). ``reset`` writes its settings into ``os.environ`` too, so that child processes (the
+engine's compile process) see the same simulated hardware, as they would see a real GPU.
 """
 
 from __future__ import annotations
@@ -36,8 +46,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 
 _RESERVED_BYTES = 1 << 36  # 64 GiB of address space; nothing is committed (MAP_NORESERVE, PROT_NONE)
 _DEVICE_ALIGNMENT = 256  # hipMalloc returns at least 256-byte aligned pointers
@@ -95,6 +105,49 @@ class OutOfDeviceMemory(RuntimeError):
     """A device allocation would exceed the configured device memory."""
 
 
+class DataRace(RuntimeError):
+    """★ An operation queued on one stream touches device memory that an operation on another stream,
+    not ordered before it, writes (or, if this one writes, reads). A GPU would not notice: it would read
+    stale data or overwrite data still in use."""
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """The simulated hardware; ``HIP_DOUBLE_*`` environment variables carry it into child processes."""
+
+    device_count: int = 1
+    device_memory_bytes: int | None = None
+    op_delay_s: float = 0.0
+    arch: tuple[str, ...] = ("gfx90a:sramecc+:xnack-",)  # per device; the last one repeats
+    compute_units: int = 104  # an MI210's
+    runtime_version: int = 70226015  # HIP 7.2.26015: major * 10^7 + minor * 10^5 + patch
+
+    @classmethod
+    def from_environment(cls) -> DeviceSettings:
+        values: dict[str, object] = {}
+        for setting in fields(cls):
+            text = os.environ.get(f"HIP_DOUBLE_{setting.name.upper()}")
+            if text is None or text == "":
+                continue
+            if setting.name == "arch":
+                values["arch"] = tuple(text.split(","))
+            else:
+                values[setting.name] = float(text) if setting.name == "op_delay_s" else int(text)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def export(self) -> None:
+        """Into ``os.environ``, for the child processes this process starts."""
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            text = "" if value is None else ",".join(value) if setting.name == "arch" else str(value)
+            os.environ[f"HIP_DOUBLE_{setting.name.upper()}"] = text
+
+    def arch_of(self, device: int) -> str:
+        """Device ``device``'s gcnArchName; with ``HSA_XNACK=1`` xnack is on where the GPU can have it."""
+        name = self.arch[min(device, len(self.arch) - 1)]
+        return name.replace("xnack-", "xnack+") if os.environ.get("HSA_XNACK") == "1" else name
+
+
 class MemoryKind(enum.Enum):
     DEVICE = "device"
     PINNED = "pinned"
@@ -108,6 +161,7 @@ class Allocation:
     kind: MemoryKind
     owner: str  # "hip" for the caller's allocations, "migraphx" for the migraphx double's own
     backing: ctypes.Array  # the bytes (for pinned memory, the memory itself)
+    accesses: list[Access] = field(default_factory=list)  # device memory: operations that may still run
 
 
 @dataclass(frozen=True)
@@ -130,6 +184,15 @@ class Mark:
     stream: Stream
     position: int
     clock: dict[int, int]
+
+
+@dataclass(frozen=True)
+class Access:
+    """A queued operation's read or write of an allocation (``mark``: just after the operation)."""
+
+    mark: Mark
+    write: bool
+    what: str
 
 
 def _merge(into: dict[int, int], other: dict[int, int]) -> None:
@@ -242,20 +305,34 @@ class SimulatedDevice:
         self._freed_pinned: list[Allocation] = []
         self._events: dict[int, Event] = {}
         self._host_clock: dict[int, int] = {}
+        self._threads = threading.local()  # each host thread's current device (hipSetDevice)
         self.faults: list[DeviceFault] = []
         self.pageable_copies = 0
-        self.device_count = int(os.environ.get("HIP_DOUBLE_DEVICE_COUNT", "1"))
-        memory = os.environ.get("HIP_DOUBLE_DEVICE_MEMORY_BYTES")
-        self.device_memory_bytes: int | None = int(memory) if memory else None
-        self.op_delay_s = float(os.environ.get("HIP_DOUBLE_OP_DELAY_S", "0"))
+        self.settings = DeviceSettings.from_environment()
+
+    @property
+    def device_count(self) -> int:
+        return self.settings.device_count
+
+    @property
+    def device_memory_bytes(self) -> int | None:
+        return self.settings.device_memory_bytes
+
+    @property
+    def op_delay_s(self) -> float:
+        return self.settings.op_delay_s
 
     # -- configuration and inspection -------------------------------------------------------------------
 
-    def reset(self, *, device_count: int = 1, device_memory_bytes: int | None = None, op_delay_s: float = 0.0) -> None:
-        """Drain and drop every stream, event, allocation and fault, then apply the configuration.
+    def reset(self, **settings: object) -> None:
+        """Drain and drop every stream, event, allocation and fault, then apply ``DeviceSettings(**settings)``
+        (here and, through ``os.environ``, in child processes started from now on).
 
         Objects made before a reset (migraphx programs included) are unusable after it.
         """
+        if isinstance(settings.get("arch"), str):
+            settings["arch"] = (settings["arch"],)
+        new_settings = DeviceSettings(**settings)  # type: ignore[arg-type]
         with self._lock:
             streams = [*self._streams.values(), *self._retired]
             self._streams.clear()
@@ -271,9 +348,19 @@ class SimulatedDevice:
             self._host_clock.clear()
             self.faults.clear()
             self.pageable_copies = 0
-            self.device_count = device_count
-            self.device_memory_bytes = device_memory_bytes
-            self.op_delay_s = op_delay_s
+            self.settings = new_settings
+            self._threads = threading.local()
+        new_settings.export()
+
+    # -- the devices ------------------------------------------------------------------------------------
+
+    def set_current(self, device: int) -> None:
+        """hipSetDevice: the calling thread's current device."""
+        self._threads.device = device
+
+    def current(self) -> int:
+        """The calling thread's current device (0 until it calls hipSetDevice)."""
+        return getattr(self._threads, "device", 0)
 
     def leaks(self, owner: str = "hip") -> Leaks:
         """What ``owner`` allocated or created and has not released."""
@@ -399,15 +486,56 @@ class SimulatedDevice:
 
     # -- work and ordering ------------------------------------------------------------------------------
 
-    def enqueue(self, stream: Stream, operation: Callable[[], None]) -> Mark:
-        """Queue a copy or kernel (delayed by ``op_delay_s``); the mark just after it."""
+    def enqueue(self, stream: Stream, operation: Callable[[], None], what: str = "an operation",
+                reads: Iterable[tuple[int, int]] = (), writes: Iterable[tuple[int, int]] = ()) -> Mark:
+        """Queue a copy or kernel (delayed by ``op_delay_s``) that reads and writes the given ``(address,
+        nbytes)`` ranges; the mark just after it. Raises :class:`DataRace` (and queues nothing) if it
+        would race with device-memory accesses already queued."""
+        delay = self.op_delay_s
 
         def delayed() -> None:
-            if self.op_delay_s:
-                time.sleep(self.op_delay_s)
+            if delay:
+                time.sleep(delay)
             operation()
 
-        return self._submit(stream, delayed)
+        with self._lock:
+            accesses = [(allocation, write) for ranges, write in ((reads, False), (writes, True))
+                        for address, nbytes in ranges
+                        if (allocation := self._device_allocation(address, nbytes)) is not None]
+            for allocation, write in accesses:
+                self._check_race(allocation, write, stream, what)
+            mark = self._submit(stream, delayed)
+            for allocation, write in accesses:
+                self._note(allocation, Access(mark, write, what))
+            return mark
+
+    def _device_allocation(self, address: int, nbytes: int) -> Allocation | None:
+        region = self.region(address, nbytes)
+        return region.allocation if region is not None and region.kind is MemoryKind.DEVICE else None
+
+    def _check_race(self, allocation: Allocation, write: bool, stream: Stream, what: str) -> None:
+        for prior in allocation.accesses:
+            if (prior.write or write) and not self.ordered_before(prior.mark, stream):
+                hazard = "write-after-write" if prior.write and write else \
+                    "read-after-write" if prior.write else "write-after-read"
+                raise DataRace(
+                    f"{what} on stream {stream.handle:#x} {'writes' if write else 'reads'} device memory at "
+                    f"{allocation.address:#x} that {prior.what} on stream {prior.mark.stream.handle:#x} "
+                    f"{'writes' if prior.write else 'reads'}, and is not ordered after it ({hazard} race; a GPU "
+                    "would silently corrupt the data). Order them: hipEventRecord after the first, "
+                    "hipStreamWaitEvent before the second, or synchronise first."
+                )
+
+    @staticmethod
+    def _note(allocation: Allocation, access: Access) -> None:
+        """Remember ``access``; forget earlier ones it makes redundant: everything ordered before a write,
+        and reads ordered before a read (any later access that must wait for them waits for this one)."""
+
+        def redundant(prior: Access) -> bool:
+            ordered = access.mark.clock.get(prior.mark.stream.handle, 0) >= prior.mark.position
+            return ordered and (access.write or not prior.write)
+
+        allocation.accesses = [prior for prior in allocation.accesses if not redundant(prior)] + [access]
 
     def record(self, stream: Stream) -> Mark:
         """A mark after everything queued on ``stream`` so far (what hipEventRecord captures)."""

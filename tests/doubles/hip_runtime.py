@@ -25,21 +25,29 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 try:  # one device per process, whichever way the doubles were imported (see device.py)
-    from tests.doubles.device import DEVICE, HipError, MemoryKind, OutOfDeviceMemory, Stream, error_string
+    from tests.doubles.device import DEVICE, HipError, Mark, MemoryKind, OutOfDeviceMemory, Stream, error_string
 except ImportError:
-    from device import DEVICE, HipError, MemoryKind, OutOfDeviceMemory, Stream, error_string  # type: ignore[no-redef]
+    from device import DEVICE, HipError, Mark, MemoryKind, OutOfDeviceMemory, Stream, error_string  # type: ignore[no-redef]
 
 HIP_MEMCPY_HOST_TO_DEVICE = 1
 HIP_MEMCPY_DEVICE_TO_HOST = 2
 _UNMODELLED_MEMCPY_KINDS = {0, 3, 4}  # HostToHost, DeviceToDevice, Default: valid in HIP, not modelled here
 HIP_STREAM_NON_BLOCKING = 1
+HIP_EVENT_BLOCKING_SYNC = 1
 HIP_EVENT_DISABLE_TIMING = 2
 _EVENT_INTERPROCESS = 4
+# hipDeviceProp_tR0600 (hip_runtime_api.h, ROCm >= 6.0), as a C compiler lays it out on x86-64. Written
+# at these offsets, independently of any ctypes structure a caller declares, so that a caller whose
+# structure is laid out differently reads garbage here as it would from the real runtime.
+_DEVICE_PROP_BYTES = 1472
+_DEVICE_PROP_OFFSETS = {"name": 0, "multiProcessorCount": 388, "gcnArchName": 1160}
+_BUSY_WAIT_BLOCK = bytes(1 << 16)  # hashed over and over by a spinning wait: CPU work without the GIL
 
 # hipStreamCreateWithFlags: "The valid values are hipStreamDefault and hipStreamNonBlocking" (HIP docs).
 _STREAM_FLAGS = 0 | HIP_STREAM_NON_BLOCKING
@@ -59,11 +67,13 @@ class _Param(enum.Enum):
     POINTER = "a pointer or handle (8 bytes)"
     OUT_POINTER = "a void**/hipStream_t*/hipEvent_t* out-parameter (8 bytes written)"
     OUT_INT = "an int* out-parameter (4 bytes written)"
+    OUT_DEVICE_PROP = f"a hipDeviceProp_tR0600* out-parameter ({_DEVICE_PROP_BYTES} bytes written)"
     SIZE_T = "size_t (8 bytes)"
     INT = "int/unsigned/enum (4 bytes)"
 
 
-_WRITTEN_BYTES = {_Param.OUT_POINTER: ctypes.sizeof(ctypes.c_void_p), _Param.OUT_INT: ctypes.sizeof(ctypes.c_int)}
+_WRITTEN_BYTES = {_Param.OUT_POINTER: ctypes.sizeof(ctypes.c_void_p), _Param.OUT_INT: ctypes.sizeof(ctypes.c_int),
+                  _Param.OUT_DEVICE_PROP: _DEVICE_PROP_BYTES}
 
 
 @dataclass(frozen=True)
@@ -73,9 +83,14 @@ class Out:
     address: int
     param: _Param
 
-    def write(self, value: int) -> None:
+    def write(self, value: int, offset: int = 0) -> None:
         ctype = ctypes.c_void_p if self.param is _Param.OUT_POINTER else ctypes.c_int
-        ctype.from_address(self.address).value = value
+        ctype.from_address(self.address + offset).value = value
+
+    def write_string(self, text: str, offset: int, capacity: int) -> None:
+        """A NUL-terminated string into a ``char[capacity]`` field."""
+        data = text.encode()[: capacity - 1] + b"\0"
+        ctypes.memmove(self.address + offset, data, len(data))
 
 
 def _is_pointer_type(t: type) -> bool:
@@ -210,9 +225,33 @@ class _HipRuntime:
         count.write(self.device.device_count)
         return HipError.hipErrorNoDevice if self.device.device_count == 0 else HipError.hipSuccess
 
+    # hipSetDevice: per host thread (HIP docs, Device management: "sets device as the default device
+    # for the calling host thread").
     def hipSetDevice(self, device_id: int) -> int:
-        ok = 0 <= device_id < self.device.device_count
-        return HipError.hipSuccess if ok else HipError.hipErrorInvalidDevice  # "invalid device ordinal"
+        if not 0 <= device_id < self.device.device_count:
+            return HipError.hipErrorInvalidDevice  # "invalid device ordinal"
+        self.device.set_current(device_id)
+        return HipError.hipSuccess
+
+    # hipGetDevicePropertiesR0600 (what hipGetDeviceProperties is since ROCm 6.0): the whole structure
+    # is written; here the fields a program depends on, the rest zero.
+    def hipGetDevicePropertiesR0600(self, prop: Out, device_id: int) -> int:
+        if not prop.address:
+            return HipError.hipErrorInvalidValue
+        if not 0 <= device_id < self.device.device_count:
+            return HipError.hipErrorInvalidDevice
+        ctypes.memset(prop.address, 0, _DEVICE_PROP_BYTES)
+        settings = self.device.settings
+        prop.write_string("AMD Instinct MI210 (simulated)", _DEVICE_PROP_OFFSETS["name"], 256)
+        prop.write(settings.compute_units, _DEVICE_PROP_OFFSETS["multiProcessorCount"])
+        prop.write_string(settings.arch_of(device_id), _DEVICE_PROP_OFFSETS["gcnArchName"], 256)
+        return HipError.hipSuccess
+
+    def hipRuntimeGetVersion(self, version: Out) -> int:
+        if not version.address:
+            return HipError.hipErrorInvalidValue
+        version.write(self.device.settings.runtime_version)
+        return HipError.hipSuccess
 
     def hipGetErrorString(self, code: int) -> bytes:
         return error_string(code).encode()
@@ -281,17 +320,25 @@ class _HipRuntime:
         def copy(data: bytes | None = None) -> None:
             self.device.memory(dst, nbytes)[:] = data if data is not None else self.device.memory(src, nbytes)
 
+        def enqueue(operation: Callable[[], None]) -> Mark:
+            """Queue the copy, which writes (to device) or reads (to host) the device side: a race with
+            a kernel on another stream is caught here (★ DataRace)."""
+            what = "hipMemcpyAsync host-to-device" if to_device else "hipMemcpyAsync device-to-host"
+            access = [(device_side.address, nbytes)]
+            return self.device.enqueue(stream, operation, what, reads=() if to_device else access,
+                                       writes=access if to_device else ())
+
         if host_side.kind is MemoryKind.PINNED:  # asynchronous: the source is read when the copy executes
-            self.device.enqueue(stream, copy)
+            enqueue(copy)
             return HipError.hipSuccess
         # hipMemcpyAsync (HIP docs): "If host or dest are not pinned, the memory copy will be performed
         # synchronously": pageable sources are staged now, pageable destinations waited for.
         self.device.pageable_copies += 1
         if to_device:
             staged = bytes(self.device.memory(src, nbytes))
-            self.device.enqueue(stream, lambda: copy(staged))
+            enqueue(lambda: copy(staged))
         else:
-            self.device.wait(self.device.enqueue(stream, copy))
+            self.device.wait(enqueue(copy))
         return self.device.sticky_error
 
     def hipStreamCreateWithFlags(self, stream: Out, flags: int) -> int:
@@ -343,12 +390,18 @@ class _HipRuntime:
         return HipError.hipSuccess
 
     # hipEventSynchronize (HIP docs): blocks until the recorded work completes; "If hipEventRecord() has
-    # not been called on event, this function returns hipSuccess".
+    # not been called on event, this function returns hipSuccess". ROCm's runtime busy-waits unless the
+    # event was created with hipEventBlockingSync (clr hip_event.cpp, rocdevice.cpp IsHwEventReady):
+    # here too, the calling thread keeps a core busy for the whole wait (hashing, which releases the GIL
+    # as the real wait inside a ctypes call does, so other Python threads still run).
     def hipEventSynchronize(self, event_handle: int) -> int:
         event = self.device.event(event_handle)
         if event is None:
             return HipError.hipErrorInvalidHandle
         if event.mark is not None:
+            if not event.flags & HIP_EVENT_BLOCKING_SYNC:
+                while not self.device.query(event.mark):
+                    hashlib.sha256(_BUSY_WAIT_BLOCK)
             self.device.wait(event.mark)
         return self.device.sticky_error
 
@@ -395,10 +448,12 @@ _SIGNATURES: dict[str, tuple[_Param, ...]] = {
     "hipEventQuery": (P.POINTER,),
     "hipEventDestroy": (P.POINTER,),
     "hipDeviceSynchronize": (),
+    "hipGetDevicePropertiesR0600": (P.OUT_DEVICE_PROP, P.INT),
+    "hipRuntimeGetVersion": (P.OUT_INT,),
 }
 # With no device visible every call but these fails with hipErrorNoDevice, and after a device fault
 # every call reports the fault (sticky), as a real runtime does.
-_UNGUARDED = {"hipGetDeviceCount", "hipGetErrorString"}
+_UNGUARDED = {"hipGetDeviceCount", "hipGetErrorString", "hipRuntimeGetVersion"}
 
 
 class HipLibrary:

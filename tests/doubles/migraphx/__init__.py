@@ -11,20 +11,33 @@ Sources: upstream AMDMIGraphX ``src/py/migraphx_py.cpp`` (the bindings; the revi
 Each strict rule names its source where it is implemented. Where the double is stricter than the
 real module it says so: it raises where the real module would crash, corrupt, or read garbage.
 
+The GIL: the real bindings never release it (FACTS), so ``parse_onnx``, ``compile`` and ``load`` hold
+it for their whole duration here too, by sleeping in C through ``ctypes.PyDLL`` (which keeps the GIL):
+for ``MIGRAPHX_DOUBLE_PARSE_S``, ``MIGRAPHX_DOUBLE_COMPILE_S`` and ``MIGRAPHX_DOUBLE_LOAD_S`` seconds
+(environment; default 0). ``MIGRAPHX_DOUBLE_COMPILE_CRASH=<text>`` makes ``compile`` print the text to
+stderr and abort the process, as a failed assertion inside MIGraphX does.
+
+A gpu program holds device memory for its weights and scratch from compile (or load) until the program
+object is destroyed (owner ``"migraphx"`` in ``DEVICE.leaks``), and records the ISA (gcnArchName) of the
+device current on the calling thread: loading it on a device of another ISA fails, as loading code objects
+built for other features does (FACTS).
+
 Not modelled: dynamic shapes, ``quantize_int8``/``quantize_bf16``, ``ins_names`` other than
 ``["all"]``, the ``cpu`` target (``get_target("cpu")`` fails as in a build without it), sub-graph ops'
 fp16 rounding, the buffer protocol on ``argument`` (``np.array``/``np.asarray`` work through
-``__array__``; ``memoryview(arg)`` does not), and the GIL: the real bindings never release it, so a
-synchronous ``run()`` blocks every Python thread (FACTS); here ``run()`` only holds a lock that other
-``migraphx`` calls need, and other Python threads keep running.
+``__array__``; ``memoryview(arg)`` does not), and the GIL during ``run()``: here it only holds a lock
+that other ``migraphx`` calls need, and other Python threads keep running.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
 import enum
 import json
+import os
 import struct
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -36,14 +49,39 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 try:  # one device per process, whichever way the doubles were imported (see device.py)
-    from tests.doubles.device import DEVICE, Mark, MemoryKind, OutOfDeviceMemory, Stream, error_string
+    from tests.doubles.device import DEVICE, DataRace, Mark, MemoryKind, OutOfDeviceMemory, Stream, error_string
 except ImportError:
-    from device import DEVICE, Mark, MemoryKind, OutOfDeviceMemory, Stream, error_string  # type: ignore[no-redef]
+    from device import (  # type: ignore[no-redef]
+        DEVICE,
+        DataRace,
+        Mark,
+        MemoryKind,
+        OutOfDeviceMemory,
+        Stream,
+        error_string,
+    )
 
 __version__ = "2.15.0-double"
 
 # Stands in for the GIL, which the real bindings hold for a whole call (FACTS, "Compiling and running").
 _BINDINGS_LOCK = threading.RLock()
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_LIBC_HOLDING_THE_GIL = ctypes.PyDLL(None)  # PyDLL: calls keep the GIL, as the bindings' C++ code does
+_LIBC_HOLDING_THE_GIL.nanosleep.argtypes = [ctypes.POINTER(_Timespec), ctypes.c_void_p]
+
+
+def _busy_in_cpp(variable: str) -> None:
+    """Spend ``$variable`` seconds inside C while holding the GIL: no other Python thread runs meanwhile
+    and no signal handler either (CPython runs them between bytecodes of the main thread)."""
+    seconds = float(os.environ.get(variable) or 0)
+    if seconds > 0:
+        whole = int(seconds)
+        _LIBC_HOLDING_THE_GIL.nanosleep(ctypes.byref(_Timespec(whole, int((seconds - whole) * 1e9))), None)
 _OUTPUT_PARAMETER = "main:#output_{}"
 _PROGRAM_FILE_VERSION = 7  # program_file_version in src/program.cpp
 _MIGRAPHX_VERSION = "2.15.0"
@@ -411,6 +449,20 @@ def _fp16_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return result
 
 
+def _device_bytes(model: onnx.ModelProto) -> int:
+    """What a compiled gpu program keeps on the device: its weights (literals) and a scratch buffer for
+    the activations (here their sum, an upper bound of what MIGraphX's memory colouring needs)."""
+    weights = sum(numpy_helper.to_array(init).nbytes for init in model.graph.initializer)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    activations = 0
+    for value in (*inferred.value_info, *inferred.output):
+        tensor = value.type.tensor_type
+        if tensor.elem_type and all(d.HasField("dim_value") for d in tensor.shape.dim):
+            itemsize = helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+            activations += itemsize * int(np.prod([d.dim_value for d in tensor.shape.dim], dtype=np.int64))
+    return max(1, weights + activations)
+
+
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -437,6 +489,7 @@ class program:
         self._scratch: list[np.ndarray] = []
         self._stream_handle = 0
         self._last_run: Mark | None = None
+        self._arch: str | None = None  # the ISA a gpu program's code objects were built for
 
     @classmethod
     def _from_model(cls, model: onnx.ModelProto) -> program:
@@ -480,15 +533,35 @@ class program:
             raise RuntimeError("migraphx double: program is already compiled")
         if self._model is None:
             raise RuntimeError("migraphx double: compiling an empty program is not modelled")
-        self._finish_compile(t._name, bool(offload_copy))
+        _busy_in_cpp("MIGRAPHX_DOUBLE_COMPILE_S")
+        crash = os.environ.get("MIGRAPHX_DOUBLE_COMPILE_CRASH")
+        if crash:
+            print(crash, file=sys.stderr, flush=True)
+            os.abort()
+        arch = DEVICE.settings.arch_of(DEVICE.current()) if t._name == "gpu" else None
+        self._finish_compile(t._name, bool(offload_copy), arch)
 
-    def _finish_compile(self, target_name: str, offload_copy: bool) -> None:
-        """Compile (or, for a loaded program, restore) for ``target_name``; options are baked in (FACTS)."""
+    def _finish_compile(self, target_name: str, offload_copy: bool, arch: str | None) -> None:
+        """Compile (or, for a loaded program, finalize) for ``target_name``; options are baked in (FACTS).
+
+        On gpu: the code objects are for ``arch`` (loading them on a device of another ISA fails in
+        finalize, FACTS), and the weights and scratch take device memory until the program is destroyed.
+        """
         assert self._model is not None
         if target_name == "gpu":
             _require_device()
+            device_arch = DEVICE.settings.arch_of(DEVICE.current())
+            if arch != device_arch:
+                raise RuntimeError(f"migraphx double: Failed to load module: code objects for {arch}, device "
+                                   f"{DEVICE.current()} is {device_arch} (hipErrorNoBinaryForGpu)")
+            try:
+                memory = DEVICE.allocate(MemoryKind.DEVICE, _device_bytes(self._model), "migraphx")
+            except OutOfDeviceMemory as exc:  # hip::allocate_gpu (hip.cpp)
+                raise RuntimeError(f"Memory not available to allocate buffer: {exc}") from None
+            weakref.finalize(self, DEVICE.free, MemoryKind.DEVICE, memory)
             self._stream_handle = DEVICE.create_stream(0, "migraphx").handle  # the gpu context's own stream
             weakref.finalize(self, DEVICE.destroy_stream, self._stream_handle)
+            self._arch = arch
         self._session = _session(_fp16_model(self._model) if self._fp16 else self._model)
         self._scratch = [np.full(s.lens(), np.nan, dtype=s._dtype) for s in self._outputs]
         self._target, self._offload_copy = target_name, offload_copy
@@ -605,7 +678,16 @@ class program:
             for name, arg in bound.items()
             if name in self._inputs and _memory_kind(arg) is MemoryKind.PAGEABLE
         }
-        self._last_run = DEVICE.enqueue(stream, self._execution(bound, staged))
+        # The kernels read the inputs and write the outputs where they are: a copy into an input that a
+        # kernel on another stream may still read (or out of an output not yet written) raises DataRace.
+        ranges = {name: (arg.data_ptr(), arg.get_shape().bytes()) for name, arg in bound.items()}
+        try:
+            self._last_run = DEVICE.enqueue(
+                stream, self._execution(bound, staged), "a migraphx program run",
+                reads=[r for name, r in ranges.items() if name in self._inputs],
+                writes=[r for name, r in ranges.items() if name not in self._inputs])
+        except DataRace as exc:
+            raise RuntimeError(f"migraphx double: {exc}") from None
 
     def _execution(self, bound: dict[str, argument], staged: dict[str, np.ndarray]) -> Callable[[], None]:
         """The kernel: read inputs from the caller's memory now (inputs are not copied at the call,
@@ -666,6 +748,7 @@ def parse_onnx(
         )
     if default_dyn_dim_value != _DynamicDimension(1, 1) or map_dyn_input_dims or dim_params:
         raise NotImplementedError("the migraphx double does not model dynamic shapes")
+    _busy_in_cpp("MIGRAPHX_DOUBLE_PARSE_S")
     try:
         model = onnx.load(filename)  # external data is read relative to the model's folder (FACTS)
     except Exception as exc:
@@ -699,6 +782,7 @@ def save(p: program, filename: str, format: str = "msgpack") -> None:
             "version": _PROGRAM_FILE_VERSION,
             "migraphx_version": _MIGRAPHX_VERSION,
             "target": p._target,
+            "arch": p._arch,
             "offload_copy": p._offload_copy,
             "fp16": p._fp16,
             "model": base64.b64encode(p._model.SerializeToString()).decode(),
@@ -719,6 +803,7 @@ def load(filename: str, format: str = "msgpack") -> program:
     it was saved with, or a truncated or corrupt file, raises RuntimeError."""
     if format not in ("json", "msgpack"):
         raise RuntimeError(f"Unknown format: {format}")
+    _busy_in_cpp("MIGRAPHX_DOUBLE_LOAD_S")
     with open(filename, "rb") as file:
         data = file.read()
     try:
@@ -735,7 +820,7 @@ def load(filename: str, format: str = "msgpack") -> program:
         raise RuntimeError(f"migraphx double: cannot load {filename} as {format}: {exc}") from exc
     prog._fp16 = bool(saved["fp16"])
     if saved["target"] is not None:
-        prog._finish_compile(saved["target"], bool(saved["offload_copy"]))
+        prog._finish_compile(saved["target"], bool(saved["offload_copy"]), saved["arch"])
     return prog
 
 
