@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -34,3 +35,12 @@ def migraphx_double_engine(cache_dir: Path, engine_type: str = "migraphx") -> st
 hip_library = "python:hip_runtime"
 cache_dir = "{cache_dir}"
 '''
+
+
+def daemon_on_onnxruntime_migraphx(version: str, *args: str) -> list[str]:
+    """An ``nfnet-daemon`` command line (run from the repository root) whose ``onnxruntime`` is the
+    onnxruntime-migraphx double of ONNX Runtime ``version`` (tests/doubles/onnxruntime_migraphx.py)."""
+    program = ("import sys; from tests.doubles.onnxruntime_migraphx import onnxruntime_migraphx; "
+               f"sys.modules['onnxruntime'] = onnxruntime_migraphx({version!r}); "
+               "from daemon.cli import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", program, *args]

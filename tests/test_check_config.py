@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, SHAPES_MODEL, solid_frames, write_video
+from tests.double_fixtures import daemon_on_onnxruntime_migraphx
 
 
 def check(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -84,3 +85,20 @@ def test_a_file_that_is_not_a_video_is_caught(config_file: Path) -> None:
     result = check(config_file)
     assert result.returncode == 3
     assert "lobby" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_provider_option_names_a_release_replaced_are_found_before_start_up(config_file: Path) -> None:
+    config_file.write_text(config_file.read_text().replace('type = "onnxruntime"\n', """type = "onnxruntime"
+[engine.onnxruntime]
+providers = ["MIGraphXExecutionProvider", "CPUExecutionProvider"]
+[engine.onnxruntime.provider_options.MIGraphXExecutionProvider]
+migraphx_load_compiled_model = "True"
+migraphx_load_model_path = "/var/cache/nfnet-stream/m.mxr"
+"""))
+    result = subprocess.run(daemon_on_onnxruntime_migraphx("1.32.0", "--config", str(config_file), "--check-config"),
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stderr == (
+        "nfnet-daemon: error: engine.onnxruntime.provider_options.MIGraphXExecutionProvider: "
+        "migraphx_load_compiled_model, migraphx_load_model_path replaced by migraphx_model_cache_dir in ONNX Runtime "
+        "1.23 (installed: 1.32.0)\n")

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 from tests.conftest import REPO, free_port, solid_frames, write_video
+from tests.double_fixtures import daemon_on_onnxruntime_migraphx
 from tests.onnx_models import colour_model
 
 EXIT_CONFIG, EXIT_STARTUP = 2, 3
@@ -120,3 +122,21 @@ def test_gstreamer_source_without_gstreamer_support_says_so(tmp_path: Path, colo
     config.write_text(config_text(colour_model_path, video) + \
         '\n[[sources]]\nid = "gst"\ntype = "gstreamer"\npipeline = "videotestsrc ! videoconvert ! appsink"\n')
     assert_clean_error(run_daemon(config), EXIT_STARTUP, "no GStreamer support")
+
+
+@pytest.mark.parametrize("version", [ort.__version__, "1.22.1"])  # raises / falls back to CPU with a print
+def test_an_onnx_runtime_provider_that_does_not_start_stops_the_daemon_with_its_reason(
+        tmp_path: Path, colour_model_path: Path, video: Path, version: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(config_text(colour_model_path, video, """
+[engine]
+type = "onnxruntime"
+[engine.onnxruntime]
+providers = ["MIGraphXExecutionProvider", "CPUExecutionProvider"]
+[engine.onnxruntime.provider_options.MIGraphXExecutionProvider]
+migraphx_fp16_enabled = "True"
+"""))
+    result = subprocess.run(daemon_on_onnxruntime_migraphx(version, "--config", str(config)), cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert_clean_error(result, EXIT_STARTUP, "MIGraphXExecutionProvider", "migraphx_fp16_enabled")
+    assert "Falling back" not in result.stdout

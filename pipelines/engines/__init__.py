@@ -49,7 +49,8 @@ def probe_engine(config: EngineConfig, model_path: Path, info: ModelInfo) -> str
                 f"batch {batch}, program cache {options.cache_dir}")
     from pipelines.engines.onnxruntime import resolve_providers
 
-    return f"onnxruntime ({why}), providers {', '.join(resolve_providers(config.onnxruntime))}, batch {batch}"
+    providers = ", ".join(name for name, _ in resolve_providers(config.onnxruntime))
+    return f"onnxruntime ({why}), providers {providers}, batch {batch}"
 
 
 def create_engine(config: EngineConfig, model_path: Path, info: ModelInfo, hooks: BuildHooks | None = None) -> Engine:

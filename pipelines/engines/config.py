@@ -24,11 +24,19 @@ class OnnxRuntimeOptions(StrictModel):
     providers: list[str] | None = Field(
         None, min_length=1,
         description="Execution providers in order of preference; default: the best available of "
-                    "MIGraphX, ROCm, CUDA, CPU.",
+                    "MIGraphX, CUDA, CPU. Start-up fails unless the first one is the one in use.",
     )
     provider_options: dict[str, dict[str, str]] = Field(
         default_factory=dict,
-        description="Options per provider, e.g. {MIGraphXExecutionProvider = {migraphx_fp16_enable = '1'}}.",
+        description="Options per provider, by their current names, e.g. {MIGraphXExecutionProvider = "
+                    "{migraphx_fp16_enable = 'True', migraphx_model_cache_dir = '/var/cache/ort-migraphx'}}; "
+                    "renamed ones are translated for the installed ONNX Runtime where it can be done.",
+    )
+    plugin_libraries: dict[str, ConfigPath] = Field(
+        default_factory=dict,
+        description="Plugin execution provider libraries to register (ONNX Runtime >= 1.23), by the name of the "
+                    "provider each offers, e.g. {OpenVINOExecutionProvider = '/path/to/"
+                    "libonnxruntime_providers_openvino_plugin.so'}; name it first in providers.",
     )
     intra_op_threads: int = Field(0, ge=0, description="Intra-op threads (0: ONNX Runtime's default).")
     io_binding: bool | None = Field(
