@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.engines import Engine, EngineConfig, EngineError, create_engine
 from pipelines.engines.config import OnnxRuntimeOptions
-from pipelines.engines.onnxruntime import best_providers, installed_option_names
+from pipelines.engines.onnxruntime import best_providers, installed_option_names, output_device
 from tests.conftest import REPO
 from tests.doubles.onnxruntime_migraphx import onnxruntime_migraphx
 from tests.onnx_models import colour_model, colour_model_info
@@ -192,12 +192,16 @@ def test_a_compiling_provider_always_runs_the_full_padded_batch(tmp_path: Path,
     assert set(double.runs) == {(4, 3, 32, 32)}  # one shape: compiled once, at the warm-up
 
 
-def test_outputs_are_bound_on_the_providers_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_outputs_are_bound_where_the_provider_can_allocate_them(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA: on its device_id. MIGraphX: on the host ("cuda" is an NVIDIA device to ONNX Runtime's wrapper)."""
+    assert output_device("CUDAExecutionProvider", {"device_id": "1"}) == ("cuda", 1)
+    assert output_device("CUDAExecutionProvider", {}) == ("cuda", 0)
     double = use_migraphx_build(monkeypatch)
     engine = migraphx_engine(tmp_path, device_id="1")
     assert engine.describe()["io_binding"] == "true"
     engine.infer(random_batch(4), 2)
-    assert double.output_devices == [("cuda", 1)]
+    assert double.output_devices == [("cpu", 0)]
 
 
 def test_the_removed_rocm_provider_is_not_preferred() -> None:

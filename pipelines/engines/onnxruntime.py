@@ -49,7 +49,7 @@ CPU = "CPUExecutionProvider"
 # Preference order when no providers are configured. (The ROCm execution provider was removed in ONNX Runtime
 # 1.23; with an older release it can still be configured by name.)
 PREFERRED_PROVIDERS = ("MIGraphXExecutionProvider", "CUDAExecutionProvider", CPU)
-GPU_PROVIDERS = {"MIGraphXExecutionProvider": "cuda", "CUDAExecutionProvider": "cuda"}  # ORT names GPUs "cuda"
+GPU_PROVIDERS = frozenset({"MIGraphXExecutionProvider", "CUDAExecutionProvider"})
 # Providers that compile a program for each new input shape (MIGraphX: one per shape unless
 # migraphx_max_dynamic_batch is set; TensorRT: an engine per shape profile).
 COMPILING_PROVIDERS = frozenset({"MIGraphXExecutionProvider", "TensorrtExecutionProvider"})
@@ -173,6 +173,16 @@ def resolve_providers(options: OnnxRuntimeOptions) -> list[tuple[str, dict[str, 
     return [(p, installed_option_names(p, options.provider_options.get(p, {}), ort.__version__)) for p in providers]
 
 
+def output_device(provider: str, provider_options: dict[str, str]) -> tuple[str, int]:
+    """Where a bound output is allocated: on the CUDA provider's own device (``device_id``); for every other
+    provider on the host. ONNX Runtime's wrapper turns the device name "cuda" into an NVIDIA device
+    (``OrtDevice.make`` with the vendor alias, read at 1.27 and 1.32), whose allocator an AMD MIGraphX session
+    does not have; bound to the host, the output is copied back inside the run, the one copy it needs anyway."""
+    if provider == "CUDAExecutionProvider":
+        return "cuda", int(provider_options.get("device_id", "0"))
+    return "cpu", 0
+
+
 def fallback_reason(printed: str) -> str:
     """ONNX Runtime's reason, from what its wrapper printed when it fell back ("EP Error {e} when using ...")."""
     match = re.search(r"EP Error (.*) when using ", printed, re.DOTALL)
@@ -237,8 +247,7 @@ class OnnxRuntimeEngine(Engine):
         self._info = info
         use_binding = options.io_binding if options.io_binding is not None else self._provider in GPU_PROVIDERS
         self._binding = self._session.io_binding() if use_binding else None
-        self._output_device = GPU_PROVIDERS.get(self._provider, "cpu")
-        self._device_id = int(provider_options.get("device_id", "0"))  # the provider accepted it (or its default)
+        self._output_device = output_device(self._provider, provider_options)
 
     @property
     def input_chw(self) -> tuple[int, int, int]:
@@ -255,7 +264,7 @@ class OnnxRuntimeEngine(Engine):
             # Bound input: ONNX Runtime copies host → device once, with no intermediate copy; the output
             # stays on the provider's device until copied back.
             self._binding.bind_cpu_input(self._input_name, np.ascontiguousarray(feed))
-            self._binding.bind_output(self._output_name, self._output_device, self._device_id)
+            self._binding.bind_output(self._output_name, *self._output_device)
             self._session.run_with_iobinding(self._binding)
             (logits,) = self._binding.copy_outputs_to_cpu()
         return np.asarray(logits[:count], dtype=np.float32)
