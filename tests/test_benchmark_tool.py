@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.conftest import REPO
+import pytest
+
+from pipelines.engines import EngineConfig
+from pipelines.engines.config import MigraphxOptions
+from pipelines.model_info import read_model_info
+from tests.conftest import ASSETS, REPO, SHAPES_MODEL
+from tests.double_fixtures import use_doubles
+from tests.doubles.device import DEVICE
+from tools.benchmark import engine_fps
 
 
 def test_benchmark_reports_engine_and_daemon_rates() -> None:
@@ -31,3 +40,15 @@ def test_latency_benchmark_reports_percentiles_per_load() -> None:
         assert 0 < row["latency_ms_p50"] <= row["latency_ms_p90"] <= row["latency_ms_p99"]
         assert row["classified_fps"] > 0 and 0 <= row["dropped_share"] < 1
         assert row["frames_accounted"] == row["frames_offered"], "every frame published or counted as dropped"
+
+
+def test_engine_rate_keeps_distinct_buffers_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the MIGraphX double (two submissions in flight) the engine-alone rate submits each buffer again only
+    after its result: re-submitting one in flight is refused by the engine (and a data race on a GPU)."""
+    doubles = use_doubles(op_delay_s=0.01)
+    monkeypatch.setitem(sys.modules, "migraphx", doubles.migraphx)
+    config = EngineConfig(type="migraphx", batch_size=4,
+                          migraphx=MigraphxOptions(cache_dir=tmp_path / "cache", hip_library=doubles.hip_library))
+    video = ASSETS / "demo_shapes.mp4"
+    assert engine_fps(SHAPES_MODEL, read_model_info(SHAPES_MODEL), config, video, frames=24) > 0
+    assert not DEVICE.faults and not DEVICE.leaks() and not DEVICE.leaks(owner="migraphx")

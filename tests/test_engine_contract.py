@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from pipelines.engines import Engine, EngineConfig, EngineError
+from pipelines.engines import Engine, EngineConfig, EngineError, migraphx_unavailable
 from pipelines.engines.config import MigraphxOptions, OnnxRuntimeOptions
 from pipelines.engines.migraphx_engine import MigraphxEngine
 from pipelines.engines.onnxruntime import OnnxRuntimeEngine
@@ -53,6 +53,7 @@ def migraphx_engine(target: str, real: bool) -> Callable[..., Engine]:
 
 
 def real_migraphx_missing() -> str | None:
+    """Why no real MIGraphX can be used here (run with PYTHONPATH=<MIGraphX build>/lib to use one)."""
     try:
         import migraphx
     except ImportError as exc:
@@ -62,6 +63,12 @@ def real_migraphx_missing() -> str | None:
     return None
 
 
+def real_gpu_missing() -> str | None:
+    """Why a real MIGraphX cannot run on a GPU here: no MIGraphX, or HIP sees no GPU (a build without GPU
+    support still has the ref target)."""
+    return real_migraphx_missing() or migraphx_unavailable(MigraphxOptions())
+
+
 KINDS = [
     pytest.param(EngineKind("onnxruntime", onnxruntime_engine(False)), id="onnxruntime"),
     pytest.param(EngineKind("onnxruntime-iobinding", onnxruntime_engine(True)), id="onnxruntime-iobinding"),
@@ -69,15 +76,21 @@ KINDS = [
                  id="migraphx-double-gpu"),
     pytest.param(EngineKind("migraphx-double-ref", migraphx_engine("ref", real=False), fp16=True),
                  id="migraphx-double-ref"),
-    pytest.param(EngineKind("migraphx-gpu", migraphx_engine("gpu", real=True), fp16=True), id="migraphx-real-gpu",
-                 marks=pytest.mark.skipif(real_migraphx_missing() is not None,
-                                          reason=str(real_migraphx_missing()))),
+    pytest.param(EngineKind("migraphx-real-ref", migraphx_engine("ref", real=True), fp16=True), id="migraphx-real-ref",
+                 marks=pytest.mark.skipif(real_migraphx_missing() is not None, reason=str(real_migraphx_missing()))),
+    pytest.param(EngineKind("migraphx-real-gpu", migraphx_engine("gpu", real=True), fp16=True), id="migraphx-real-gpu",
+                 marks=pytest.mark.skipif(real_gpu_missing() is not None, reason=str(real_gpu_missing()))),
 ]
 
 FP16_KINDS = [param for param in KINDS if param.values[0].fp16]
 
-# Max |engine - reference| / max(1, max |reference|): fp32 kernels differ only in summation order.
-TOLERANCE = {False: 1e-4, True: 2e-2}
+# Max |engine - reference| / max(1, max |reference|). fp32 kernels differ only in summation order. fp16 is
+# set from a real MIGraphX 2.15 (rocm-7.2.4, ref target), whose half truncates every conversion and
+# product: 2.6e-2 on the bundled model and 4.0e-2 on the random-init nf_regnet_b1 below (the double, which
+# models that truncation: 2.6-3.1e-2 and 3.7-4.2e-2 over three inputs); 1.5 times the largest seen. What a
+# user sees is the labels: with fp16 the top-1 must still agree on every frame, and the top 5 nearly so.
+TOLERANCE = {False: 1e-4, True: 6e-2}
+TOP5_SHARED = {False: 5, True: 4}  # fp16 may swap two near-equal classes at the edge of the top 5
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +125,7 @@ def engines(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     if any(isinstance(engine, MigraphxEngine) for engine in built):
         assert not DEVICE.faults, DEVICE.faults
         assert not DEVICE.leaks(), DEVICE.leaks()
+        assert not DEVICE.leaks(owner="migraphx"), "close() must free the program (its weights and scratch)"
         assert not DEVICE.pageable_copies, "every host<->device copy must go through pinned memory"
 
 
@@ -125,7 +139,14 @@ def assert_close(got: np.ndarray, expected: np.ndarray, fp16: bool) -> None:
     scale = max(1.0, float(np.abs(expected).max()))
     error = float(np.abs(got - expected).max()) / scale
     assert error <= TOLERANCE[fp16], f"max scaled error {error:.2e}"
-    assert (got.argmax(1) == expected.argmax(1)).mean() >= (0.9 if fp16 else 1.0)
+    assert (got.argmax(1) == expected.argmax(1)).all(), "top-1 differs"
+    if got.shape[1] > 5:
+        shared = [len(set(a) & set(b)) for a, b in zip(top5(got), top5(expected), strict=True)]
+        assert min(shared) >= TOP5_SHARED[fp16], f"top-5 classes shared per frame: {shared}"
+
+
+def top5(logits: np.ndarray) -> np.ndarray:
+    return np.argsort(-logits, axis=1)[:, :5]
 
 
 def fill(buffer: np.ndarray, seed: int) -> np.ndarray:

@@ -51,22 +51,24 @@ def engine_fps(model: Path, info: ModelInfo, engine_config: EngineConfig, video:
     """Frames/s of ``engine.infer`` alone on full batches made from the video's first frames."""
     engine = create_engine(engine_config, model, info)
     engine.warmup()
-    (batch,) = engine.input_buffers(1)
+    buffers = engine.input_buffers(engine.max_in_flight)  # one per submission in flight, as the pipeline has
     capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
     preprocess = Preprocessor(info)
     for row in range(engine.batch_size):
         ok, image = capture.read()
         if not ok:
             break
-        preprocess(image, batch[row])
+        preprocess(image, buffers[0][row])
     capture.release()
+    for buffer in buffers[1:]:
+        buffer[:] = buffers[0]
     runs = max(1, frames // engine.batch_size)
     start = time.perf_counter()
     pending: list[Any] = []
-    for _ in range(runs):  # keep the engine as busy as the pipeline does: max_in_flight submissions
+    for run in range(runs):  # keep the engine as busy as the pipeline does: max_in_flight submissions
         if len(pending) == engine.max_in_flight:
             engine.result(pending.pop(0))
-        pending.append(engine.submit(batch, engine.batch_size))
+        pending.append(engine.submit(buffers[run % len(buffers)], engine.batch_size))
     for handle in pending:
         engine.result(handle)
     elapsed = time.perf_counter() - start
