@@ -62,9 +62,11 @@ def test_health_answers_and_sigterm_acts_within_a_second_during_a_compile(tmp_pa
 
     sent = time.monotonic()
     daemon.signal(signal.SIGTERM)
+    while alive(child) and time.monotonic() - sent < 5:
+        time.sleep(0.01)
+    assert time.monotonic() - sent < 1.0, "SIGTERM stops the compile process within a second"
     assert daemon.wait(10) == 0, daemon.stderr
-    assert time.monotonic() - sent < 3.0, "SIGTERM stops the compile process and the daemon promptly"
-    assert not alive(child), "the compile process is stopped, not orphaned"
+    assert time.monotonic() - sent < 2.0, "and the daemon exits (measured: 0.4-0.5 s)"
     assert "stopped during start-up (stopped while compiling" in daemon.stderr
     assert "ready" not in daemon.stderr.split("stopped during start-up")[1]
 
