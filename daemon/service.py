@@ -31,7 +31,7 @@ from pipelines.model_info import ModelInfo, model_id, read_model_info
 from pipelines.publishers import Publisher, PublisherError, create_publishers
 from pipelines.publishers.zmq import ZmqPublisher
 from pipelines.runtime import Pipeline, PipelineMetrics
-from pipelines.sources import OpenCvSource, create_source, is_live
+from pipelines.sources import OpenCvSource, create_sources, is_live
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,8 @@ class Daemon:
 
         self._raise_if_stop_requested()
         self._startup_step("opening the sources")
-        for source_config in cfg.sources:
-            source = create_source(source_config)
-            self.sources.append(source)
+        self.sources = create_sources(cfg.sources, cfg.pipeline.decode_threads)
+        for source, source_config in zip(self.sources, cfg.sources, strict=True):
             source.check()
             if not is_live(source_config):  # a file that cannot be read is a configuration error: fail now
                 source.open()

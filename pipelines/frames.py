@@ -15,6 +15,7 @@ class FrameTimes:
 
     read_start: float
     read_end: float
+    shrink_s: float = 0.0  # the capture thread's share of preprocessing (FrameShrinker)
     preprocess_start: float = 0.0
     preprocess_end: float = 0.0
     inference_start: float = 0.0
@@ -24,14 +25,15 @@ class FrameTimes:
 
 @dataclass(slots=True)
 class Frame:
-    """A decoded frame from one source. ``image`` is dropped once it has been preprocessed."""
+    """A frame from one source, shrunk to the model's geometry by its capture thread: ``pixels`` is
+    ``(3, H, W)`` uint8 RGB, dropped once normalised into a batch buffer."""
 
     stream_id: str
     index: int  # position in the source, counting from 0
     pts: float  # source timestamp, seconds
     capture_ns: int  # wall clock at capture, unix nanoseconds
     times: FrameTimes
-    image: np.ndarray | None
+    pixels: np.ndarray | None
 
 
 @dataclass(slots=True)

@@ -52,3 +52,16 @@ def test_engine_rate_keeps_distinct_buffers_in_flight(tmp_path: Path, monkeypatc
     video = ASSETS / "demo_shapes.mp4"
     assert engine_fps(SHAPES_MODEL, read_model_info(SHAPES_MODEL), config, video, frames=24) > 0
     assert not DEVICE.faults and not DEVICE.leaks() and not DEVICE.leaks(owner="migraphx")
+
+
+def test_ceiling_benchmark_reports_decode_preprocess_and_daemon_rates() -> None:
+    result = subprocess.run([sys.executable, "-m", "tools.ceiling_bench", "--cases", "1x320x240,2x320x240",
+                             "--frames", "24", "--repeats", "1", "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(row["case"], row["frames"]) for row in rows] == [("1 x 320x240", 24), ("2 x 320x240", 48)]
+    for row in rows:
+        assert min(row["decode_fps"], row["decode_daemon_threads_fps"], row["decode_preprocess_fps"],
+                   row["daemon_fps"]) > 0
+        assert row["ratio"] == row["daemon_fps"] / row["decode_fps"] and row["daemon_peak_rss_mb"] > 50

@@ -4,13 +4,17 @@ visible in messages and metrics; a source that is down at start-up; bounded late
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import SHAPES_MODEL, daemon_config, free_port
+from pipelines.sources import create_sources
+from pipelines.sources.config import CameraSourceConfig, FileSourceConfig
+from pipelines.sources.opencv import decode_threads_per_stream
+from tests.conftest import ASSETS, SHAPES_MODEL, daemon_config, free_port
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
 from tests.live_servers import MjpegServer, RtspServer, rtsp_unavailable, shapes_camera
 from tests.subscriber import Subscriber, scrape
@@ -186,3 +190,21 @@ def test_frame_size_change_is_handled_counted_and_logged_once(daemon_process) ->
     assert {m["top_k"][0]["label"] for _, m in subscriber.labels} == {"red square"}
     assert metrics[("nfnet_stream_resolution_changes_total", (("stream", "yard"),))] == 1
     assert daemon.stderr.count("frame size changed from 160x120 to 320x240") == 1
+
+
+def test_decoding_threads_are_shared_out_among_the_streams() -> None:
+    """A thread per core for every stream costs more CPU per frame than dividing the cores among them
+    (measured on 2 cores, 4 streams of 720p: 2.67 against 3.03 ms a frame)."""
+    assert decode_threads_per_stream(1, None, 16) == 0, "one stream: FFmpeg's own choice"
+    assert decode_threads_per_stream(4, None, 16) == 4
+    assert decode_threads_per_stream(4, None, 2) == 1
+    assert decode_threads_per_stream(4, 3, 2) == 3, "pipeline.decode_threads wins"
+    files = [FileSourceConfig(id=f"s{i}", path=ASSETS / "demo_shapes.mp4") for i in range(2)]
+    camera = CameraSourceConfig(id="cam", type="camera", device=0)
+    sources = create_sources([*files, camera], None)
+    threads = [source.decode_threads for source in sources]
+    cores = len(os.sched_getaffinity(0))
+    assert threads == [max(1, cores // 2), max(1, cores // 2), 0], "FFmpeg streams only"
+    sources[0].open()
+    assert sources[0].read() is not None
+    sources[0].close()

@@ -18,10 +18,12 @@ def stream(**settings: object) -> StreamPostprocess:
 def test_softmax_rows_sum_to_one_and_top_k_ranks_with_stable_ties() -> None:
     probs = softmax(np.array([[1.0, 3.0, 3.0], [1000.0, 0.0, -1000.0]], dtype=np.float32))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
-    assert [p.label for p in top_k(probs[0], LABELS, 3)] == ["b", "c", "a"]
-    assert top_k(probs[1], LABELS, 1)[0].score == pytest.approx(1.0)
+    ranked = top_k(probs, LABELS, 3)
+    assert [p.label for p in ranked[0]] == ["b", "c", "a"]
+    assert ranked[1][0].score == pytest.approx(1.0) and [p.index for p in ranked[1]] == [0, 1, 2]
+    assert [len(row) for row in top_k(probs, LABELS, 1)] == [1, 1]
     with pytest.raises(ValueError, match="do not match"):
-        top_k(probs[0][:2], LABELS, 1)
+        top_k(probs[:, :2], LABELS, 1)
 
 
 def test_smoothing_is_an_exponential_moving_average() -> None:

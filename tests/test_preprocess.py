@@ -9,8 +9,8 @@ import pytest
 import timm.data
 
 from pipelines.model_info import ModelInfo, WeightSource
-from pipelines.preprocess import BufferPool, Preprocessor, plan_resize
-from pipelines.preprocess.transform import FrameFormatError
+from pipelines.preprocess import BufferPool, FrameShrinker, Normaliser, Preprocessor, plan_resize
+from pipelines.preprocess.transform import FrameFormatError, halvings
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -128,3 +128,31 @@ def test_buffer_pool_applies_back_pressure() -> None:
     assert pool.acquire(timeout=0.05) is None
     pool.release(first)
     assert pool.acquire(timeout=0.05) is first
+
+
+@pytest.mark.parametrize(("frame_hw", "resize_hw", "steps"), [
+    ((1080, 1920), (284, 284), [(2, 2), (1, 2)]),  # dm_nfnet_f0 at 256, squashed: y 3.8x, x 6.8x
+    ((2160, 3840), (284, 284), [(2, 2), (2, 2), (1, 2)]),
+    ((720, 1280), (64, 113), [(2, 2), (2, 2), (2, 2)]),
+    ((480, 640), (256, 256), [(1, 2)]),  # only the width is twice its target
+    ((400, 500), (256, 256), []),  # less than 2x: one bilinear step
+    ((120, 160), (224, 224), []),  # enlarging
+])
+def test_shrinking_halves_while_an_axis_is_twice_its_target(frame_hw: tuple[int, int], resize_hw: tuple[int, int],
+                                                            steps: list[tuple[int, int]]) -> None:
+    assert halvings(frame_hw, resize_hw) == steps
+
+
+def test_shrinker_gives_planar_rgb_in_the_models_geometry_and_normaliser_fills_a_row() -> None:
+    info = info_for((64, 64), 1.0, interpolation="bilinear")
+    frame = np.zeros((721, 1281, 3), dtype=np.uint8)  # odd sizes: a last row and column are left out
+    frame[:, :, 2] = 200  # BGR: red
+    pixels = FrameShrinker(info)(frame)
+    assert pixels.shape == (3, 64, 64) and pixels.dtype == np.uint8 and pixels.flags.c_contiguous
+    assert (pixels[0] == 200).all() and (pixels[1:] == 0).all(), "RGB order, no colour bleeding"
+    row = np.full((3, 64, 64), np.nan, dtype=np.float32)
+    Normaliser(info)(pixels, row)
+    np.testing.assert_allclose(row[:, 0, 0], [(200 / 255 - MEAN[0]) / STD[0], -MEAN[1] / STD[1], -MEAN[2] / STD[2]],
+                               rtol=1e-6)
+    with pytest.raises(FrameFormatError, match=r"expected pixels and a row of shape \(3, 64, 64\)"):
+        Normaliser(info)(pixels[:, :32], row)

@@ -224,6 +224,7 @@ class OnnxRuntimeEngine(Engine):
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = 1
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = create_session(ort, model_path, session_options, providers,
                                        plugin=providers[0][0] in options.plugin_libraries)
 

@@ -1,6 +1,6 @@
 """Frame → model input: geometry and normalisation derived from the model's own metadata."""
 
 from pipelines.preprocess.buffers import BufferPool, InputBuffer
-from pipelines.preprocess.transform import Preprocessor, ResizePlan, plan_resize
+from pipelines.preprocess.transform import FrameShrinker, Normaliser, Preprocessor, ResizePlan, plan_resize
 
-__all__ = ["BufferPool", "InputBuffer", "Preprocessor", "ResizePlan", "plan_resize"]
+__all__ = ["BufferPool", "FrameShrinker", "InputBuffer", "Normaliser", "Preprocessor", "ResizePlan", "plan_resize"]

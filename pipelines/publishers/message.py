@@ -25,7 +25,7 @@ def latency_breakdown_ms(frame: Frame, publish_perf: float) -> dict[str, float]:
     t = frame.times
     stages = {
         "capture": t.read_end - t.read_start,
-        "preprocess": t.preprocess_end - t.preprocess_start,
+        "preprocess": t.shrink_s + (t.preprocess_end - t.preprocess_start),
         "inference": t.inference_end - t.inference_start,
         "postprocess": publish_perf - t.postprocess_start,
     }

@@ -25,6 +25,8 @@ from pipelines.publishers.curve import CurveServer
 
 log = logging.getLogger(__name__)
 
+SUBSCRIPTION_READ_S = 0.05  # while publishing, (un)subscriptions are read at most this often
+
 
 class ZmqPublisher(Publisher):
     def __init__(self, config: ZmqPublisherConfig) -> None:
@@ -51,6 +53,7 @@ class ZmqPublisher(Publisher):
             raise
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._subscriptions: Counter[bytes] = Counter()
+        self._next_subscription_read = 0.0
 
     def wait_for_subscribers(self, count: int, timeout_s: float,
                              cancelled: Callable[[], bool] = lambda: False) -> int:
@@ -66,10 +69,14 @@ class ZmqPublisher(Publisher):
         return self._subscriptions.total()
 
     def publish(self, topic: str, payload: bytes, message: dict[str, Any]) -> None:
-        if self._socket.poll(0, zmq.POLLIN):
-            self._read_subscriptions()
+        now = time.monotonic()
+        if now >= self._next_subscription_read:  # a poll per message would be a system call per frame
+            self._next_subscription_read = now + SUBSCRIPTION_READ_S
+            if self._socket.poll(0, zmq.POLLIN):
+                self._read_subscriptions()
         # NOBLOCK: with XPUB_NODROP off this never fails (full queues drop); it makes "never waits" explicit.
-        self._socket.send_multipart((topic.encode(), payload), flags=zmq.NOBLOCK, copy=False)
+        # Copied (the default): for messages of a few hundred bytes cheaper than zero-copy frames.
+        self._socket.send_multipart((topic.encode(), payload), flags=zmq.NOBLOCK)
 
     def _read_subscriptions(self) -> None:
         # XPUB delivers (un)subscriptions as messages: b"\x01topic" / b"\x00topic". Read them all so

@@ -1,4 +1,7 @@
-"""Capture stage: reads one source and hands its frames to the frame mux.
+"""Capture stage: reads one source, shrinks each frame to the model's geometry, and hands it to the frame mux.
+
+Shrinking here, right after decoding, spreads the heaviest per-frame CPU work over one thread per stream
+(OpenCV releases the GIL for decoding and resizing), and keeps what waits in the mux small.
 
 Every frame read gets the next index of its stream, whether it is then classified or dropped, so the
 gap between two published frame indexes is exactly the number of frames dropped in between. A live
@@ -16,6 +19,7 @@ from collections.abc import Callable
 
 from pipelines.frames import EndOfStream, Frame, FrameTimes
 from pipelines.log_context import stream_context
+from pipelines.preprocess.transform import FrameShrinker
 from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.stage import Stage
@@ -29,10 +33,14 @@ log = logging.getLogger(__name__)
 
 
 class CaptureStage(Stage):
-    def __init__(self, source: OpenCvSource, mux: FrameMux, states: StreamStates, stop: threading.Event,
-                 abort: threading.Event, metrics: PipelineMetrics) -> None:
+    def __init__(self, source: OpenCvSource, shrink: FrameShrinker, mux: FrameMux, states: StreamStates,
+                 stop: threading.Event, abort: threading.Event, metrics: PipelineMetrics) -> None:
         super().__init__(f"capture-{source.stream_id}", abort)
         self._source = source
+        self._shrink = shrink
+        self._frame_size: tuple[int, int] | None = None
+        self._size_changes = 0
+        self._resolution_changes = metrics.resolution_changes.labels(stream=source.stream_id)
         self._config = source.config
         self._live = is_live(self._config)
         self._paced = isinstance(self._config, FileSourceConfig) and self._config.pace
@@ -122,9 +130,24 @@ class CaptureStage(Stage):
             self._drop("interval")
             return
         self._last_accepted = now
-        frame = Frame(self._source.stream_id, index, raw.pts, time.time_ns(),
-                      FrameTimes(read_start, read_end), raw.image)
+        self._note_frame_size(index, raw.image.shape[:2])
+        shrink_start = time.perf_counter()
+        pixels = self._shrink(raw.image)
+        times = FrameTimes(read_start, read_end, shrink_s=time.perf_counter() - shrink_start)
+        frame = Frame(self._source.stream_id, index, raw.pts, time.time_ns(), times, pixels)
         self._mux.put(self._source.stream_id, frame, self.abort)
+
+    def _note_frame_size(self, index: int, size: tuple[int, int]) -> None:
+        """Count every change of the stream's frame size; log the first one (the preprocessing adapts)."""
+        previous, self._frame_size = self._frame_size, size
+        if previous is None or previous == size:
+            return
+        self._resolution_changes.inc()
+        self._size_changes += 1
+        if self._size_changes == 1:
+            log.warning("stream %s: frame size changed from %dx%d to %dx%d; preprocessing adapts "
+                        "(further changes are only counted)", self._source.stream_id, previous[1], previous[0],
+                        size[1], size[0], extra=stream_context(self._source.stream_id, frame_index=index))
 
     def _pace(self, pts: float) -> float:
         """Sleep until the frame's time has come, as a camera would deliver it; return that (perf_counter) time."""

@@ -18,3 +18,8 @@ class PipelineConfig(StrictModel):
         30.0, gt=0, description="On stop, how long frames in flight may take to be published.")
     exit_when_sources_end: bool = Field(
         True, description="Exit once every source has ended and its frames are published.")
+    decode_threads: int | None = Field(
+        None, ge=1, le=64,
+        description="FFmpeg decoding threads for each file and network stream. Default: the machine's cores "
+                    "shared among those streams (one stream: FFmpeg's own choice); decoding many streams with "
+                    "a thread per core each costs more CPU per frame than with the cores divided among them.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,9 +117,12 @@ class CollectStage(Stage):
         end = time.perf_counter()
         self._clock.collected(end)
         self._batch_size.observe(len(batch.frames))
+        per_stream: Counter[str] = Counter()
         for frame in batch.frames:
             frame.times.inference_start, frame.times.inference_end = submitted.start, end
-            self._counters[frame.stream_id].inc()
+            per_stream[frame.stream_id] += 1
+        for stream, frames in per_stream.items():
+            self._counters[stream].inc(frames)
         if not put(self._out, batch, self.abort):
             return False
         self._progress.handed_on()

@@ -10,6 +10,8 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from pipelines.frames import Batch, EndOfStream
 from pipelines.log_context import stream_context
 from pipelines.postprocess.per_stream import StreamPostprocess
@@ -83,14 +85,18 @@ class OutputStage(Stage):
         self._announce_changes()
 
     def _publish(self, batch: Batch) -> None:
+        """One message per frame that passes its stream's publish rules; metrics once per batch."""
         assert batch.scores is not None
         postprocess_start = time.perf_counter()
-        for frame, probabilities in zip(batch.frames, softmax(batch.scores), strict=True):
+        probabilities = softmax(batch.scores)
+        smoothed = np.stack([self._postprocess[frame.stream_id].smooth(row)
+                             for frame, row in zip(batch.frames, probabilities, strict=True)])
+        latencies: dict[str, list[dict[str, float]]] = {}
+        for frame, predictions in zip(batch.frames, top_k(smoothed, self._labels, self._k), strict=True):
             frame.times.postprocess_start = postprocess_start
             stream = frame.stream_id
-            postprocess = self._postprocess[stream]
-            predictions = top_k(postprocess.smooth(probabilities), self._labels, self._k)
-            if not postprocess.should_publish(predictions[0].index, predictions[0].score, time.monotonic()):
+            if not self._postprocess[stream].should_publish(predictions[0].index, predictions[0].score,
+                                                            time.monotonic()):
                 self._suppressed[stream] += 1
                 continue
             seq = self.published[stream]
@@ -101,10 +107,18 @@ class OutputStage(Stage):
             self._send(stream, build_label_message(frame, seq, dropped, suppressed, predictions, self._model_id,
                                                    time.time_ns(), latency))
             self.published[stream] = seq + 1
-            self._counters[stream].inc()
-            self._end_to_end[stream].observe(latency["total"] / 1000.0)
+            latencies.setdefault(stream, []).append(latency)
+        self._record(latencies)
+
+    def _record(self, latencies: dict[str, list[dict[str, float]]]) -> None:
+        """The batch's published frames in the metrics: counts per stream, latency histograms."""
+        for stream, rows in latencies.items():
+            self._counters[stream].inc(len(rows))
+            self._end_to_end[stream].observe_many([row["total"] / 1000.0 for row in rows])
+        every = [row for rows in latencies.values() for row in rows]
+        if every:
             for stage in STAGES:
-                self._stage_latency[stage].observe(latency[stage] / 1000.0)
+                self._stage_latency[stage].observe_many([row[stage] / 1000.0 for row in every])
 
     def _end(self, end: EndOfStream) -> None:
         stream = end.stream_id

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pipelines.engines.base import Engine
 from pipelines.model_info import ModelInfo
 from pipelines.preprocess.buffers import BufferPool
-from pipelines.preprocess.transform import Preprocessor
+from pipelines.preprocess.transform import FrameShrinker, Normaliser
 from pipelines.publishers.base import Publisher
 from pipelines.runtime.capture import CaptureStage
 from pipelines.runtime.config import PipelineConfig
@@ -62,8 +62,9 @@ class Pipeline:
                                   {source.stream_id: source.config for source in sources},
                                   self.states, self._abort, metrics)
         self.stages: list[Stage] = [
-            *(CaptureStage(source, self.mux, self.states, self._stop, self._abort, metrics) for source in sources),
-            PreprocessStage(self.mux, batches, Preprocessor(info), self.pool, streams,
+            *(CaptureStage(source, FrameShrinker(info), self.mux, self.states, self._stop, self._abort, metrics)
+              for source in sources),
+            PreprocessStage(self.mux, batches, Normaliser(info), self.pool, streams,
                             config.batch_timeout_ms / 1000.0, clock, any(is_live(s.config) for s in sources),
                             self._abort, metrics),
             SubmitStage(batches, in_flight, engine, self.pool, len(streams), clock, self._progress, self._abort),

@@ -1,4 +1,7 @@
-"""Preprocess stage: fills pooled batch buffers with preprocessed frames and hands full batches on.
+"""Preprocess stage (the batcher): normalises frames into pooled batch buffers and hands batches on.
+
+Frames arrive already shrunk to the model's geometry by their capture threads; what is left here per
+frame is one table lookup per channel into the batch buffer's row.
 
 A batch is handed on when it is full, when ``batch_timeout`` has passed since its first frame, or when
 a stream ends, so a slow or ending stream never holds frames back. A free buffer is secured *before* a
@@ -10,31 +13,27 @@ stream is live a new batch is started only one fill-time before the engine is ex
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
 
 from pipelines.frames import Batch, EndOfStream, Frame
-from pipelines.log_context import stream_context
 from pipelines.preprocess.buffers import BufferPool, InputBuffer
-from pipelines.preprocess.transform import Preprocessor
+from pipelines.preprocess.transform import Normaliser
 from pipelines.runtime.engine_clock import EngineClock, FillTimer
 from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.queues import POLL_S, put
 from pipelines.runtime.stage import Stage
 
-log = logging.getLogger(__name__)
-
 
 class PreprocessStage(Stage):
-    def __init__(self, inp: FrameMux, out: queue.Queue, preprocessor: Preprocessor, pool: BufferPool,
+    def __init__(self, inp: FrameMux, out: queue.Queue, normalise: Normaliser, pool: BufferPool,
                  streams: list[str], batch_timeout_s: float, clock: EngineClock, just_in_time: bool,
                  abort: threading.Event, metrics: PipelineMetrics) -> None:
         super().__init__("preprocess", abort)
         self._in, self._out = inp, out
-        self._preprocess = preprocessor
+        self._normalise = normalise
         self._pool = pool
         self._streams = len(streams)
         self._batch_timeout_s = batch_timeout_s
@@ -42,9 +41,6 @@ class PreprocessStage(Stage):
         self._just_in_time = just_in_time
         self._fill = FillTimer()
         self._counters = {s: metrics.counter_for(s, "preprocess") for s in streams}
-        self._resolution_changes = {s: metrics.resolution_changes.labels(stream=s) for s in streams}
-        self._frame_sizes: dict[str, tuple[int, int]] = {}
-        self._size_change_logged: set[str] = set()
         self._buffer: InputBuffer | None = None
         self._frames: list[Frame] = []
 
@@ -92,28 +88,14 @@ class PreprocessStage(Stage):
         return not self.abort.is_set()
 
     def _add(self, frame: Frame) -> None:
-        assert self._buffer is not None and frame.image is not None
-        self._note_frame_size(frame.stream_id, frame.index, frame.image.shape[:2])
+        assert self._buffer is not None and frame.pixels is not None
         frame.times.preprocess_start = time.perf_counter()
-        self._preprocess(frame.image, self._buffer.array[len(self._frames)])
-        frame.image = None  # the pixels are in the buffer now; free the decoded frame early
+        self._normalise(frame.pixels, self._buffer.array[len(self._frames)])
+        frame.pixels = None  # in the buffer now
         frame.times.preprocess_end = time.perf_counter()
         self._fill.observe(frame.times.preprocess_end - frame.times.preprocess_start)
         self._frames.append(frame)
         self._counters[frame.stream_id].inc()
-
-    def _note_frame_size(self, stream_id: str, frame_index: int, size: tuple[int, int]) -> None:
-        """Count every change of a stream's frame size; log the first one (the preprocessing adapts)."""
-        previous = self._frame_sizes.get(stream_id)
-        self._frame_sizes[stream_id] = size
-        if previous is None or previous == size:
-            return
-        self._resolution_changes[stream_id].inc()
-        if stream_id not in self._size_change_logged:
-            self._size_change_logged.add(stream_id)
-            log.warning("stream %s: frame size changed from %dx%d to %dx%d; preprocessing adapts "
-                        "(further changes are only counted)", stream_id, previous[1], previous[0], size[1], size[0],
-                        extra=stream_context(stream_id, frame_index=frame_index))
 
     def _hand_on(self) -> None:
         if not self._frames:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 from pipelines.sources.base import RawFrame, Source, SourceError
 from pipelines.sources.config import SourceConfig, is_live
-from pipelines.sources.opencv import OpenCvSource
+from pipelines.sources.opencv import OpenCvSource, decode_threads_per_stream, decodes_with_ffmpeg
 
 
-def create_source(config: SourceConfig) -> OpenCvSource:
-    return OpenCvSource(config)
+def create_source(config: SourceConfig, decode_threads: int = 0) -> OpenCvSource:
+    return OpenCvSource(config, decode_threads)
 
 
-__all__ = ["OpenCvSource", "RawFrame", "Source", "SourceConfig", "SourceError", "create_source", "is_live"]
+def create_sources(configs: list[SourceConfig], decode_threads: int | None) -> list[OpenCvSource]:
+    """The sources of one pipeline, FFmpeg's decoding threads shared out among the files and streams
+    (``pipeline.decode_threads`` when set) over the cores this process may run on."""
+    ffmpeg_streams = sum(decodes_with_ffmpeg(config) for config in configs)
+    threads = decode_threads_per_stream(ffmpeg_streams, decode_threads, len(os.sched_getaffinity(0)))
+    return [create_source(config, threads if decodes_with_ffmpeg(config) else 0) for config in configs]
+
+
+__all__ = ["OpenCvSource", "RawFrame", "Source", "SourceConfig", "SourceError", "create_source", "create_sources",
+           "is_live"]

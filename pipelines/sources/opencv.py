@@ -34,16 +34,30 @@ def has_gstreamer() -> bool:
                for line in cv2.getBuildInformation().splitlines())
 
 
-def _target(config: SourceBase) -> tuple[str | int, int, list[int]]:
+def decodes_with_ffmpeg(config: SourceBase) -> bool:
+    """Files and network streams: decoded by FFmpeg, whose thread count the daemon sets."""
+    return isinstance(config, FileSourceConfig | StreamSourceConfig)
+
+
+def decode_threads_per_stream(ffmpeg_streams: int, configured: int | None, cores: int) -> int:
+    """FFmpeg threads for each stream (0: FFmpeg's own choice, a thread per core). The cores are divided
+    among several streams: each decodes fewer frames in parallel, and its threads wait on each other less."""
+    if configured is not None:
+        return configured
+    return 0 if ffmpeg_streams <= 1 else max(1, cores // ffmpeg_streams)
+
+
+def _target(config: SourceBase, decode_threads: int) -> tuple[str | int, int, list[int]]:
     """What ``VideoCapture`` opens, the backend, and its open parameters."""
     stall_ms = int(config.reconnect.stall_timeout_s * 1000)
+    threads = [cv2.CAP_PROP_N_THREADS, decode_threads] if decode_threads else []
     if isinstance(config, FileSourceConfig):
         if not config.path.is_file():
             raise SourceError(f"source {config.id!r}: video file not found: {config.path}")
-        return str(config.path), cv2.CAP_FFMPEG, []
+        return str(config.path), cv2.CAP_FFMPEG, threads
     if isinstance(config, StreamSourceConfig):
         return config.url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(config.open_timeout_s * 1000),
-                                            cv2.CAP_PROP_READ_TIMEOUT_MSEC, stall_ms]
+                                            cv2.CAP_PROP_READ_TIMEOUT_MSEC, stall_ms, *threads]
     if isinstance(config, CameraSourceConfig):
         params = []
         if config.width:
@@ -60,9 +74,11 @@ def _target(config: SourceBase) -> tuple[str | int, int, list[int]]:
 
 
 class OpenCvSource(Source):
-    def __init__(self, config: SourceBase) -> None:
+    def __init__(self, config: SourceBase, decode_threads: int = 0) -> None:
+        """``decode_threads``: FFmpeg's decoding threads for a file or network stream (0: its default)."""
         self.stream_id = config.id
         self.config = config
+        self.decode_threads = decode_threads
         self._capture: cv2.VideoCapture | None = None
         self._pending: RawFrame | None = None
         self._fps = 0.0
@@ -74,11 +90,11 @@ class OpenCvSource(Source):
 
     def check(self) -> None:
         """Raise :class:`SourceError` for what no reconnect can fix (a missing file, no GStreamer)."""
-        _target(self.config)
+        _target(self.config, self.decode_threads)
 
     def open(self) -> None:
         self.close()
-        target, backend, params = _target(self.config)
+        target, backend, params = _target(self.config, self.decode_threads)
         capture = cv2.VideoCapture(target, backend, params)
         if not capture.isOpened():
             capture.release()

@@ -1,0 +1,27 @@
+"""Metrics recorded a batch at a time read exactly as prometheus_client's own would."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from pipelines.runtime.metrics import LATENCY_BUCKETS, BatchHistogram
+
+
+def samples(registry: CollectorRegistry) -> list[str]:
+    return [line for line in generate_latest(registry).decode().splitlines()
+            if line.startswith("latency_seconds") and "_created" not in line]
+
+
+def test_a_batch_histogram_exposes_what_a_histogram_fed_one_value_at_a_time_does() -> None:
+    values = [0.0004, 0.0005, 0.0011, 0.02, 0.02, 3.0, 50.0]  # on a bound, between bounds, past the last
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batched = BatchHistogram("latency_seconds", "Latency.", ["stage"], LATENCY_BUCKETS, ours)
+    batched.labels(stage="inference").observe_many(values[:3])
+    batched.labels(stage="inference").observe_many(values[3:])
+    batched.labels(stage="capture")  # a series exists, empty, as soon as it is named
+    reference = Histogram("latency_seconds", "Latency.", ["stage"], buckets=LATENCY_BUCKETS, registry=theirs)
+    for value in values:
+        reference.labels(stage="inference").observe(value)
+    reference.labels(stage="capture")
+    assert sorted(samples(ours)) == sorted(samples(theirs))
+    assert 'latency_seconds_bucket{le="0.0005",stage="inference"} 2.0' in samples(ours)
