@@ -29,6 +29,7 @@ from pipelines.engines import BuildCancelled, BuildHooks, Engine, create_engine
 from pipelines.log_context import stream_context
 from pipelines.model_info import ModelInfo, model_id, read_model_info
 from pipelines.publishers import Publisher, PublisherError, create_publishers
+from pipelines.publishers.message import RunIdentity
 from pipelines.publishers.zmq import ZmqPublisher
 from pipelines.runtime import Pipeline, PipelineMetrics
 from pipelines.sources import OpenCvSource, create_sources, is_live
@@ -56,6 +57,7 @@ class Daemon:
         self.http: MetricsServer | None = None
         self.pipeline: Pipeline | None = None
         self.ready = threading.Event()
+        self.run_identity = RunIdentity.new(config.publish.instance)
         self.startup_progress = StartupProgress()
         self._next_startup_status = 0.0
         self.systemd = SystemdReporter(SystemdNotifier(os.environ))
@@ -88,6 +90,7 @@ class Daemon:
         for publisher in self.publishers:
             if isinstance(publisher, ZmqPublisher):
                 log.info("publishing labels on %s", publisher.endpoint)
+        log.info("run %s of instance %s", self.run_identity.run_id, self.run_identity.instance)
         self._startup_step("reading the model")
         self.info = read_model_info(cfg.model.path)
         identity = model_id(cfg.model.path, self.info)
@@ -105,7 +108,7 @@ class Daemon:
         log.info("engine %s ready in %.2fs (%s)", self.engine.name, time.perf_counter() - started,
                  ", ".join(f"{k}={v}" for k, v in facts.items()))
         self.metrics.model.info({"model_id": identity, "model_path": str(cfg.model.path),
-                                 "weights": self.info.weights.describe(), **facts})
+                                 "weights": self.info.weights.describe(), **self.run_identity.fields(), **facts})
         report = self.engine.build_report
         if report is not None:
             self.metrics.compile_seconds.set(report.compile_seconds)
@@ -125,7 +128,7 @@ class Daemon:
             # down at start-up must not stop the daemon (nor the other streams).
 
         self.pipeline = Pipeline(self.sources, self.engine, self.info, self.publishers, identity,
-                                 cfg.pipeline, self.metrics)
+                                 self.run_identity, cfg.pipeline, self.metrics)
         self._wait_for_subscribers()
         self._raise_if_stop_requested()
         self.pipeline.start()
@@ -166,6 +169,8 @@ class Daemon:
                 if not idle_announced:
                     log.info("all streams ended (%s); staying up until stopped", self._published_summary())
                     idle_announced = True
+                for publisher in self.publishers:  # the output stage has ended: late joiners are served here
+                    publisher.serve()
             if drain_deadline is not None and time.monotonic() > drain_deadline:
                 log.error("drain took longer than %.1fs; aborting with frames unpublished (%s)",
                           cfg.drain_timeout_s, self._published_summary())

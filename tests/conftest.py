@@ -40,9 +40,10 @@ def solid_frames(colours_rgb: list[tuple[int, int, int]], size_hw: tuple[int, in
 
 
 def daemon_config(model: Path, videos: dict[str, Path] | str, zmq_port: int, metrics_port: int,
-                  exit_when_done: bool, batch_size: int = 4, engine: str = "", top_k: int = 3) -> str:
-    """A daemon config for tests, one subscriber awaited before starting. ``videos``: file sources by
-    stream id, or the ``[[sources]]`` tables as TOML."""
+                  exit_when_done: bool, batch_size: int = 4, engine: str = "", top_k: int = 3,
+                  instance: str = "test-box", host: str = "127.0.0.1", subscriptions: int = 1) -> str:
+    """A daemon config for tests that awaits ``subscriptions`` before starting. ``videos``: file sources by
+    stream id, or the ``[[sources]]`` tables as TOML; ``host``: the ZeroMQ endpoint's (``[::1]`` for IPv6)."""
     sources = videos if isinstance(videos, str) else \
         "".join(f'\n[[sources]]\nid = "{sid}"\npath = "{path}"\n' for sid, path in videos.items())
     return f"""
@@ -57,9 +58,12 @@ batch_size = {batch_size}
 exit_when_sources_end = {str(exit_when_done).lower()}
 top_k = {top_k}
 {sources}
+[publish]
+instance = "{instance}"
+
 [publish.zmq]
-endpoint = "tcp://127.0.0.1:{zmq_port}"
-wait_for_subscribers = 1
+endpoint = "tcp://{host}:{zmq_port}"
+wait_for_subscribers = {subscriptions}
 
 [metrics]
 port = {metrics_port}
@@ -143,8 +147,11 @@ def daemon_process(tmp_path: Path) -> Iterator[type[DaemonProcess]]:
     """A factory of daemon subprocesses that are all killed at the end of the test."""
     started: list[DaemonProcess] = []
 
-    def make(config_text: str, env: dict[str, str] | None = None) -> DaemonProcess:
-        proc = DaemonProcess(tmp_path, config_text, env)
+    def make(config_text: str, env: dict[str, str] | None = None, name: str = "") -> DaemonProcess:
+        """``name``: a folder of its own for the daemon's config and output, when a test runs several."""
+        workdir = tmp_path / name
+        workdir.mkdir(exist_ok=True)
+        proc = DaemonProcess(workdir, config_text, env)
         started.append(proc)
         return proc
 

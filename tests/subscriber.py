@@ -19,17 +19,20 @@ from pipelines.publishers.curve import secure_client
 class Subscriber:
     """Connects before the daemon binds (ZeroMQ reconnects), so it can see the very first message."""
 
-    def __init__(self, endpoint: str, topic: str = "", curve: tuple[Path, Path] | None = None,
+    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("",), curve: tuple[Path, Path] | None = None,
                  receive_hwm: int = 0) -> None:
-        """``curve``: this subscriber's secret key file and the daemon's public key file; ``receive_hwm``:
-        0 (unlimited) so that the test sees everything, unless the test is about a subscriber that falls behind."""
+        """``topics``: the prefixes to subscribe to (default: everything); ``curve``: this subscriber's secret
+        key file and the daemon's public key file; ``receive_hwm``: 0 (unlimited) so that the test sees
+        everything, unless the test is about a subscriber that falls behind."""
         self._context = zmq.Context()
         self.socket = self._context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, receive_hwm)
+        self.socket.setsockopt(zmq.IPV6, 1)  # a SUB socket with IPV6 connects to IPv4 endpoints too
         if curve is not None:
             secure_client(self.socket, *curve)
-        self.socket.setsockopt_string(zmq.SUBSCRIBE, topic)
+        for topic in topics:
+            self.socket.setsockopt_string(zmq.SUBSCRIBE, topic)
         self.socket.connect(endpoint)
         self.messages: list[tuple[str, dict[str, Any]]] = []
 
@@ -61,7 +64,8 @@ class Subscriber:
 
     @property
     def statuses(self) -> list[dict[str, Any]]:
-        return [message for topic, message in self.messages if topic == "_status"]
+        """The status messages received so far, replays of a stream's state for a late joiner included."""
+        return [message for topic, message in self.messages if topic.startswith("status/")]
 
     def close(self) -> None:
         self.socket.close()

@@ -48,7 +48,7 @@ def test_every_frame_once_in_order_with_metrics_that_agree(tmp_path: Path, colou
     assert daemon.wait() == 0, daemon.stderr
 
     for stream_id, names in truth.items():
-        received = [m for topic, m in messages if topic == stream_id]
+        received = [m for topic, m in messages if topic == f"label/{stream_id}/"]
         assert [m["seq"] for m in received] == list(range(len(names))), "seq must be contiguous from 0"
         assert [m["frame_index"] for m in received] == list(range(len(names))), "every frame, once, in order"
         assert [m["top_k"][0]["label"] for m in received] == names

@@ -110,7 +110,7 @@ def test_source_down_at_start_does_not_stop_the_daemon_or_other_streams(tmp_path
         assert daemon.wait(30) == 0, daemon.stderr
     finally:
         subscriber.close()
-    assert {topic for topic, _ in labels} == {"lobby"}
+    assert {topic for topic, _ in labels} == {"label/lobby/"}
     assert {m["top_k"][0]["label"] for _, m in labels} == {"red circle"}
     assert metrics[("nfnet_stream_source_state", (("state", "reconnecting"), ("stream", "gate")))] == 1
     assert "cannot open stream http://127.0.0.1" in daemon.stderr
@@ -148,7 +148,7 @@ def test_overload_keeps_latency_bounded_and_counts_every_drop(streams: int, batc
     finally:
         subscriber.close()
     for stream in ids:
-        labels = [m for topic, m in subscriber.labels if topic == stream]
+        labels = [m for topic, m in subscriber.labels if topic == f"label/{stream}/"]
         dropped = {cause: metrics.get(("nfnet_stream_frames_dropped_total", (("cause", cause), ("stream", stream))), 0)
                    for cause in ("queue_full", "stale", "decode_error", "interval")}
         # Every frame read is either published or counted as dropped, and each message says how many before it.

@@ -49,7 +49,7 @@ def test_a_subscriber_that_never_reads_neither_slows_the_daemon_nor_is_queued_fo
         reader = cleanup.enter_context(closing(Subscriber(endpoint)))
         # Its own topic, so that the daemon counts it as a second subscription and starts only once it is
         # subscribed; a receive queue of one message, and the test does not read it until the end.
-        stalled = cleanup.enter_context(closing(Subscriber(endpoint, topic="cam1", receive_hwm=1)))
+        stalled = cleanup.enter_context(closing(Subscriber(endpoint, topics=("label/cam1/",), receive_hwm=1)))
         baseline = start_daemon(tmp_path / "baseline", config(colour_model_path, video, baseline_endpoint, 1))
         cleanup.callback(baseline.kill)
         daemon = start_daemon(tmp_path / "stalled", config(colour_model_path, video, endpoint, 2))

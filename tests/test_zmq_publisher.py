@@ -25,7 +25,7 @@ def test_two_subscribers_of_every_topic_count_as_two() -> None:
         assert publisher.wait_for_subscribers(1, timeout_s=10) == 1
         second = subscriber(context, publisher.endpoint)
         assert publisher.wait_for_subscribers(2, timeout_s=10) == 2
-        third = subscriber(context, publisher.endpoint, "cam1")
+        third = subscriber(context, publisher.endpoint, "label/cam1/")
         assert publisher.wait_for_subscribers(3, timeout_s=10) == 3
         second.close()
         assert publisher.wait_for_subscribers(4, timeout_s=1.0) == 2, "one left while it waited"

@@ -1,5 +1,7 @@
 """``nfnet-subscribe``: print the daemon's labels and stream states live, and say so when a stream's seq
-has a gap (lost messages; frames the daemon dropped are reported in each message, not a gap)."""
+has a gap (lost messages; frames the daemon dropped are reported in each message, not a gap) or a daemon
+restarted (a new run_id). Several ``--endpoint``s merge several daemons (a fleet) on one socket; stream ids
+must then be unique across the fleet, and one that two daemons publish is an error."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from zmq.utils.monitor import recv_monitor_message
 from pipelines.publishers.base import PublisherError
 from pipelines.publishers.console import format_text
 from pipelines.publishers.curve import secure_client
-from pipelines.publishers.message import STATUS_TOPIC
+from pipelines.publishers.message import LABEL_PREFIX, STATUS_PREFIX, label_topic, status_topic
+from pipelines.publishers.zmq import needs_ipv6
 
 HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL \
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -23,9 +26,11 @@ HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nfnet-subscribe", description=__doc__.split(": ", 1)[1])
-    parser.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the daemon's ZeroMQ endpoint")
+    parser.add_argument("--endpoint", action="append", default=[],
+                        help="a daemon's (or forwarder's) ZeroMQ endpoint; repeat for a fleet "
+                             "(default: tcp://127.0.0.1:5555)")
     parser.add_argument("--stream", action="append", default=[],
-                        help="only this stream id's labels (repeatable; default: all streams)")
+                        help="only this stream id's labels and states (repeatable; default: all streams)")
     parser.add_argument("--json", action="store_true", help="print each message as received (JSON)")
     parser.add_argument("--count", type=int, default=0, help="exit after this many label messages (0: never)")
     parser.add_argument("--client-key", type=Path, help="CURVE: this subscriber's secret key file (nfnet-keys client)")
@@ -33,7 +38,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bool(args.client_key) != bool(args.server_key):
         parser.error("CURVE needs both --client-key and --server-key")
+    args.endpoint = args.endpoint or ["tcp://127.0.0.1:5555"]
     return args
+
+
+def subscriptions(streams: list[str]) -> list[str]:
+    """The topic prefixes for these streams' labels and states, or for everything."""
+    if not streams:
+        return [LABEL_PREFIX, STATUS_PREFIX]
+    return [topic for stream in streams for topic in (label_topic(stream), status_topic(stream))]
 
 
 def handshake_problem(event: dict[str, Any]) -> tuple[bool, str]:
@@ -55,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.client_key:
             secure_client(socket, args.client_key, args.server_key)
-        for topic in [*args.stream, STATUS_TOPIC] if args.stream else [""]:
+        for topic in subscriptions(args.stream):
             socket.setsockopt_string(zmq.SUBSCRIBE, topic)
+        if any(needs_ipv6(endpoint) for endpoint in args.endpoint):
+            socket.setsockopt(zmq.IPV6, 1)
         monitor = socket.get_monitor_socket(HANDSHAKE_EVENTS)
-        socket.connect(args.endpoint)
-        print(f"listening on {args.endpoint}", file=sys.stderr)
+        for endpoint in args.endpoint:
+            socket.connect(endpoint)
+        print(f"listening on {', '.join(args.endpoint)}", file=sys.stderr)
         return _receive(socket, monitor, args)
     except PublisherError as exc:
         print(f"nfnet-subscribe: error: {exc}", file=sys.stderr)
@@ -76,6 +92,7 @@ def _receive(socket: zmq.Socket, monitor: zmq.Socket, args: argparse.Namespace) 
     poller.register(socket, zmq.POLLIN)
     poller.register(monitor, zmq.POLLIN)
     next_seq: dict[str, int] = {}
+    runs: dict[str, tuple[str, str]] = {}  # stream -> (instance, run_id) of its last message
     warned = False
     received = 0
     while not args.count or received < args.count:
@@ -90,13 +107,20 @@ def _receive(socket: zmq.Socket, monitor: zmq.Socket, args: argparse.Namespace) 
             continue
         _, payload = socket.recv_multipart()
         message = json.loads(payload)
-        if args.stream and message["stream_id"] not in args.stream:
-            continue  # another stream's status
         print(payload.decode() if args.json else format_text(message), flush=True)
+        stream, source = message["stream_id"], (message["instance"], message["run_id"])
+        previous = runs.get(stream)
+        runs[stream] = source
+        if previous is not None and previous[0] != source[0]:
+            print(f"nfnet-subscribe: error: stream {stream!r} comes from two daemons ({previous[0]} and "
+                  f"{source[0]}); give streams ids unique across the fleet", file=sys.stderr)
+            return 1
+        if previous is not None and previous[1] != source[1]:
+            print(f"{stream}: {source[0]} RESTARTED (run {source[1]}); seq starts again", file=sys.stderr)
+            next_seq.pop(stream, None)
         if message["type"] != "label":
             continue
-        stream, seq = message["stream_id"], message["seq"]
-        expected = next_seq.get(stream)
+        seq, expected = message["seq"], next_seq.get(stream)
         if expected is not None and seq != expected:
             print(f"{stream}: GAP, expected seq {expected}, got {seq}", file=sys.stderr)
         next_seq[stream] = seq + 1

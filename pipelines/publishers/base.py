@@ -15,5 +15,9 @@ class Publisher(ABC):
     def publish(self, topic: str, payload: bytes, message: dict[str, Any]) -> None:
         """Send one message; ``payload`` is ``message`` encoded as JSON."""
 
+    def serve(self) -> None:  # noqa: B027 - publishers without subscribers need nothing
+        """Answer what subscribers asked for since the last call (the output stage calls it several times a
+        second, from the one thread that publishes)."""
+
     def close(self) -> None:  # noqa: B027 - publishers without resources need nothing
         """Flush and release."""

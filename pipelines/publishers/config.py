@@ -50,5 +50,9 @@ class ConsolePublisherConfig(StrictModel):
 
 
 class PublishConfig(StrictModel):
+    instance: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="This daemon's name in every message ('instance'), so that consumers of a fleet's merged "
+                    "streams know where each comes from; default: the host name.")
     zmq: ZmqPublisherConfig = ZmqPublisherConfig()
     console: ConsolePublisherConfig = ConsolePublisherConfig()

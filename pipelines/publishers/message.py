@@ -7,13 +7,45 @@ validates real messages against it.
 from __future__ import annotations
 
 import json
+import secrets
+import socket
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines.frames import Frame
 from pipelines.postprocess.topk import Prediction
 
-SCHEMA_VERSION = 2
-STATUS_TOPIC = "_status"  # stream ids cannot start with "_", so it never collides with one
+SCHEMA_VERSION = 3
+# ZeroMQ matches subscriptions by prefix. Topics end in "/", which stream ids may not contain, so one
+# stream's prefix never matches another stream's (a subscriber to "label/cam1/" does not get cam10).
+LABEL_PREFIX = "label/"
+STATUS_PREFIX = "status/"
+
+
+def label_topic(stream_id: str) -> str:
+    """``label/<stream_id>/``: one stream's label messages."""
+    return f"{LABEL_PREFIX}{stream_id}/"
+
+
+def status_topic(stream_id: str) -> str:
+    """``status/<stream_id>/``: one stream's state changes (and their replays for new subscribers)."""
+    return f"{STATUS_PREFIX}{stream_id}/"
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which daemon, and which start of it, a message comes from: ``run_id`` is random per start (seq
+    restarts at 0 with a new one), ``instance`` names the daemon in a fleet (its host name by default)."""
+
+    run_id: str
+    instance: str
+
+    @classmethod
+    def new(cls, instance: str | None) -> RunIdentity:
+        return cls(secrets.token_hex(8), instance or socket.gethostname())
+
+    def fields(self) -> dict[str, str]:
+        return {"run_id": self.run_id, "instance": self.instance}
 
 
 def latency_breakdown_ms(frame: Frame, publish_perf: float) -> dict[str, float]:
@@ -44,10 +76,12 @@ def build_label_message(
     model_id: str,
     publish_ns: int,
     latency_ms: dict[str, float],
+    run: RunIdentity,
 ) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "type": "label",
+        **run.fields(),
         "stream_id": frame.stream_id,
         "seq": seq,
         "frame_index": frame.index,
@@ -63,14 +97,17 @@ def build_label_message(
 
 
 def build_status_message(stream_id: str, state: str, previous: str | None, detail: str, time_ns: int,
-                         frames: int | None = None) -> dict[str, Any]:
-    """A stream's state change, published on ``STATUS_TOPIC``; ``frames`` (read in all) at the end."""
-    message: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "type": "status", "stream_id": stream_id,
-                               "state": state, "previous_state": previous, "detail": detail, "time_ns": time_ns}
+                         run: RunIdentity, frames: int | None = None) -> dict[str, Any]:
+    """A stream's state change, published on its ``status_topic``; ``frames`` (read in all) at the end.
+    ``replay`` is false: the publisher sets it on the copies it sends to a subscriber that just joined."""
+    message: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "type": "status", **run.fields(),
+                               "stream_id": stream_id, "state": state, "previous_state": previous,
+                               "detail": detail, "time_ns": time_ns, "replay": False}
     if frames is not None:
         message["frames"] = frames
     return message
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON; a NaN or infinity anywhere is an error (it is not JSON), never sent."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

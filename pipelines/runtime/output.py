@@ -18,11 +18,13 @@ from pipelines.postprocess.per_stream import StreamPostprocess
 from pipelines.postprocess.topk import softmax, top_k
 from pipelines.publishers.base import Publisher
 from pipelines.publishers.message import (
-    STATUS_TOPIC,
+    RunIdentity,
     build_label_message,
     build_status_message,
     encode,
+    label_topic,
     latency_breakdown_ms,
+    status_topic,
 )
 from pipelines.runtime.metrics import STAGES, PipelineMetrics
 from pipelines.runtime.queues import POLL_S, get
@@ -35,13 +37,14 @@ log = logging.getLogger(__name__)
 
 class OutputStage(Stage):
     def __init__(self, inp: queue.Queue, publishers: list[Publisher], labels: tuple[str, ...], k: int,
-                 model_id: str, sources: dict[str, SourceBase], states: StreamStates, abort: threading.Event,
-                 metrics: PipelineMetrics) -> None:
+                 model_id: str, run: RunIdentity, sources: dict[str, SourceBase], states: StreamStates,
+                 abort: threading.Event, metrics: PipelineMetrics) -> None:
         super().__init__("output", abort)
         self._in = inp
         self._publishers = publishers
         self._labels, self._k = labels, k
         self._model_id = model_id
+        self._run = run
         streams = list(sources)
         self._streams = streams
         self._postprocess = {stream: StreamPostprocess(config) for stream, config in sources.items()}
@@ -75,6 +78,8 @@ class OutputStage(Stage):
             item = get(self._in, self.abort, timeout=POLL_S)
             self._apply_new_settings()
             self._announce_changes()
+            for publisher in self._publishers:
+                publisher.serve()
             if self.abort.is_set():
                 return
             if isinstance(item, EndOfStream):
@@ -104,8 +109,8 @@ class OutputStage(Stage):
             dropped = frame.index - self._last_index[stream] - 1 - suppressed
             self._last_index[stream] = frame.index
             latency = latency_breakdown_ms(frame, time.perf_counter())
-            self._send(stream, build_label_message(frame, seq, dropped, suppressed, predictions, self._model_id,
-                                                   time.time_ns(), latency))
+            self._send(label_topic(stream), build_label_message(
+                frame, seq, dropped, suppressed, predictions, self._model_id, time.time_ns(), latency, self._run))
             self.published[stream] = seq + 1
             latencies.setdefault(stream, []).append(latency)
         self._record(latencies)
@@ -126,9 +131,9 @@ class OutputStage(Stage):
         log.info("stream %s: %s; %d of its %d frames published", stream, end.state, published, end.frames,
                  extra=stream_context(stream, seq=published - 1 if published else None))
         self._metrics.streams_ended.labels(stream=stream).inc()
-        self._send(STATUS_TOPIC, build_status_message(
+        self._send(status_topic(stream), build_status_message(
             stream, end.state, end.previous_state, f"{published} of {end.frames} frames published",
-            time.time_ns(), frames=end.frames))
+            time.time_ns(), self._run, frames=end.frames))
 
     def _announce_changes(self) -> None:
         while True:
@@ -136,8 +141,8 @@ class OutputStage(Stage):
                 change: StateChange = self._states.changes.get_nowait()
             except queue.Empty:
                 return
-            self._send(STATUS_TOPIC, build_status_message(change.stream_id, change.state, change.previous,
-                                                          change.detail, change.time_ns))
+            self._send(status_topic(change.stream_id), build_status_message(
+                change.stream_id, change.state, change.previous, change.detail, change.time_ns, self._run))
 
     def _send(self, topic: str, message: dict[str, Any]) -> None:
         payload = encode(message)

@@ -13,6 +13,7 @@ from pipelines.model_info import ModelInfo
 from pipelines.preprocess.buffers import BufferPool
 from pipelines.preprocess.transform import FrameShrinker, Normaliser
 from pipelines.publishers.base import Publisher
+from pipelines.publishers.message import RunIdentity
 from pipelines.runtime.capture import CaptureStage
 from pipelines.runtime.config import PipelineConfig
 from pipelines.runtime.engine_clock import EngineClock
@@ -39,7 +40,7 @@ class Pipeline:
     """The running pipeline. ``stop()`` drains gracefully; ``abort()`` ends every stage at once."""
 
     def __init__(self, sources: list[OpenCvSource], engine: Engine, info: ModelInfo, publishers: list[Publisher],
-                 model_id: str, config: PipelineConfig, metrics: PipelineMetrics) -> None:
+                 model_id: str, run: RunIdentity, config: PipelineConfig, metrics: PipelineMetrics) -> None:
         streams = [source.stream_id for source in sources]
         self._stop = threading.Event()
         self._abort = threading.Event()
@@ -58,7 +59,7 @@ class Pipeline:
         clock = EngineClock(engine.max_in_flight)
         in_flight = InFlight(engine.max_in_flight)
         self._progress = ProgressTracker()
-        self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id,
+        self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id, run,
                                   {source.stream_id: source.config for source in sources},
                                   self.states, self._abort, metrics)
         self.stages: list[Stage] = [
