@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -10,12 +11,15 @@ from daemon.check import check_config
 from daemon.config import ConfigError, DaemonConfig, load_config
 from daemon.http import HttpEndpointError
 from daemon.logs import configure_logging
-from daemon.service import Daemon
+from daemon.service import Daemon, DaemonFailure
 from pipelines.engines import EngineError
 from pipelines.model_info import ModelMetadataError
 from pipelines.publishers import PublisherError
 from pipelines.sources import SourceError
 
+log = logging.getLogger(__name__)
+
+EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 
@@ -24,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nfnet-daemon",
         description="Classify every frame of video sources with an NFNet and publish labels over ZeroMQ.",
-        epilog="Exit codes: 0 done, 1 failed while running, 2 bad configuration, 3 could not start.",
+        epilog="Exit codes: 0 done, 1 failed while running, 2 bad configuration, 3 could not start, 4 done but "
+               "not every source read in full (undecodable frames, a file cut short, a source that failed).",
     )
     parser.add_argument("--config", required=True, help="TOML configuration file")
     parser.add_argument("--check-config", action="store_true",
@@ -58,8 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelMetadataError, EngineError, SourceError, PublisherError, HttpEndpointError) as exc:
         print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    except DaemonFailure as exc:
+        print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line still, the traceback at debug level
+        log.debug("internal error", exc_info=True)
+        print(f"nfnet-daemon: error: internal error: {type(exc).__name__}: {exc} (the traceback is logged at "
+              "--log-level debug)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

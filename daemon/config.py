@@ -74,11 +74,16 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> D
     environment); raise :class:`ConfigError` with one line per problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte {raw[exc.start]:#04x}); TOML files are UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -87,9 +92,9 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> D
     try:
         return DaemonConfig.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
-        problems = "\n".join(f"  {_where(path, text, error['loc'], overrides)}: {_describe(error, overrides)}"
-                             for error in exc.errors())
-        raise ConfigError(f"{path}: invalid configuration\n{problems}") from None
+        # One line, every problem on it: the CLI prints one "error:" line per failure.
+        raise ConfigError("; ".join(f"{_where(path, text, error['loc'], overrides)}: {_describe(error, overrides)}"
+                                    for error in exc.errors())) from None
 
 
 def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str | int, ...], str]:

@@ -37,10 +37,16 @@ from pipelines.sources import OpenCvSource, create_sources, is_live
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-EXIT_RUNTIME_FAILURE = 1
+EXIT_INCOMPLETE = 4  # the sources ended, but not every one was read in full
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 TICK_S = 0.1
+# During a stop, a stream whose thread has waited this long in a source's open() or read() is ended without it.
+STUCK_SOURCE_S = 1.0
+
+
+class DaemonFailure(RuntimeError):
+    """The daemon could not do its job once running (a stage failed, a drain was cut short); one line."""
 STARTUP_STATUS_EVERY_S = 5.0  # systemd status lines during a long start-up step (a compile)
 
 
@@ -62,6 +68,7 @@ class Daemon:
         self._next_startup_status = 0.0
         self.systemd = SystemdReporter(SystemdNotifier(os.environ))
         self._signals: list[int] = []  # appended by signal handlers, consumed by the main loop
+        self._abandoned: set[str] = set()  # streams ended during a stop while their thread was stuck
         self._old_handlers: dict[int, object] = {}
 
     def run(self) -> int:
@@ -151,31 +158,34 @@ class Daemon:
                     pipeline.stop()
                     self.systemd.stopping("draining: publishing frames in flight")
                     drain_deadline = time.monotonic() + cfg.drain_timeout_s
-                else:
+                elif not pipeline.output.completed:
                     log.warning("%s again: aborting the drain", signal.Signals(signum).name)
                     pipeline.abort()
             failures = pipeline.failures()
             if failures:
-                for failure in failures:
-                    log.error("stage %s failed: %s", failure.stage, failure.error)
                 pipeline.abort()
-                return EXIT_RUNTIME_FAILURE
+                raise DaemonFailure("; ".join(f"stage {failure.stage} failed: {type(failure.error).__name__}: "
+                                              f"{failure.error}" for failure in failures))
+            if drain_deadline is not None:
+                self._abandoned.update(pipeline.abandon_waiting_sources(STUCK_SOURCE_S))
             if pipeline.finished:
-                if pipeline.aborted:
-                    return EXIT_RUNTIME_FAILURE
-                if drain_deadline is not None or cfg.exit_when_sources_end:
+                if not pipeline.output.completed:
+                    raise DaemonFailure(f"aborted with frames unpublished ({self._published_summary()})")
+                if drain_deadline is not None:
                     log.info("all streams done: %s", self._published_summary())
                     return EXIT_OK
+                if cfg.exit_when_sources_end:
+                    log.info("all streams done: %s", self._published_summary())
+                    return self._finished_code()
                 if not idle_announced:
                     log.info("all streams ended (%s); staying up until stopped", self._published_summary())
                     idle_announced = True
                 for publisher in self.publishers:  # the output stage has ended: late joiners are served here
                     publisher.serve()
             if drain_deadline is not None and time.monotonic() > drain_deadline:
-                log.error("drain took longer than %.1fs; aborting with frames unpublished (%s)",
-                          cfg.drain_timeout_s, self._published_summary())
                 pipeline.abort()
-                return EXIT_RUNTIME_FAILURE
+                raise DaemonFailure(f"the drain took longer than pipeline.drain_timeout_s = {cfg.drain_timeout_s}s; "
+                                    f"aborted with frames unpublished ({self._published_summary()})")
             self.systemd.tick(draining=drain_deadline is not None)
             time.sleep(TICK_S)
 
@@ -190,7 +200,8 @@ class Daemon:
             if still_running:
                 log.error("stages did not stop: %s", ", ".join(still_running))
         for source in self.sources:
-            source.close()
+            if source.stream_id not in self._abandoned:  # a thread may still be inside it
+                source.close()
         for publisher in self.publishers:
             publisher.close()
         if self.engine is not None:
@@ -260,6 +271,20 @@ class Daemon:
                  else "no live setting changed")
         if plan.needs_restart:
             log.warning("SIGHUP: these changes need a restart and were not applied: %s", "; ".join(plan.needs_restart))
+
+    def _finished_code(self) -> int:
+        """0, or ``EXIT_INCOMPLETE`` when a stream was not read in full (``pipeline.fail_on_incomplete``)."""
+        assert self.pipeline is not None
+        incomplete = self.pipeline.output.incomplete
+        if not incomplete:
+            return EXIT_OK
+        summary = "; ".join(f"{stream}: {why}" for stream, why in incomplete.items())
+        if not self.config.pipeline.fail_on_incomplete:
+            log.warning("not every source was read in full (%s)", summary)
+            return EXIT_OK
+        log.error("not every source was read in full (%s); exit %d (pipeline.fail_on_incomplete)", summary,
+                  EXIT_INCOMPLETE)
+        return EXIT_INCOMPLETE
 
     def _published_summary(self) -> str:
         assert self.pipeline is not None

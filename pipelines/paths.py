@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, ValidationInfo
+from pydantic import AfterValidator, Field, ValidationInfo
 
 
 def _resolve(value: Path, info: ValidationInfo) -> Path:
@@ -17,4 +17,4 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+ConfigPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve)]  # TOML has no path type: a string

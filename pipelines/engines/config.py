@@ -38,7 +38,7 @@ class OnnxRuntimeOptions(StrictModel):
                     "provider each offers, e.g. {OpenVINOExecutionProvider = '/path/to/"
                     "libonnxruntime_providers_openvino_plugin.so'}; name it first in providers.",
     )
-    intra_op_threads: int = Field(0, ge=0, description="Intra-op threads (0: ONNX Runtime's default).")
+    intra_op_threads: int = Field(0, ge=0, le=1024, description="Intra-op threads (0: ONNX Runtime's default).")
     io_binding: bool | None = Field(
         None, description="Bind inputs/outputs explicitly (default: when the first provider is a GPU's).")
 
@@ -52,7 +52,7 @@ class MigraphxOptions(StrictModel):
         description="Compiled programs, keyed by model hash, batch, precision, target, MIGraphX version "
                     "and GPU architecture.",
     )
-    device: int = Field(0, ge=0, description="HIP device index.")
+    device: int = Field(0, ge=0, le=255, description="HIP device index.")
     hip_library: str = Field(
         "libamdhip64.so",
         description="The HIP runtime for ctypes. 'python:MODULE' loads a Python stand-in instead "
@@ -71,6 +71,6 @@ class EngineConfig(StrictModel):
         description="Frames per inference. Models exported with a static batch use theirs; "
                     "dynamic-batch models default to 4.",
     )
-    warmup_runs: int = Field(2, ge=0, description="Batches of zeros run before the daemon is ready.")
+    warmup_runs: int = Field(2, ge=0, le=100, description="Batches of zeros run before the daemon is ready.")
     onnxruntime: OnnxRuntimeOptions = OnnxRuntimeOptions()
     migraphx: MigraphxOptions = MigraphxOptions()

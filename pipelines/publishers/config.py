@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.config_base import StrictModel
 from pipelines.paths import ConfigPath
@@ -22,18 +23,30 @@ class CurveConfig(StrictModel):
 
 class ZmqPublisherConfig(StrictModel):
     enabled: bool = True
-    endpoint: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ endpoint the daemon binds.")
+    endpoint: str = Field("tcp://127.0.0.1:5555",
+                          description="ZeroMQ endpoint the daemon binds: tcp://HOST:PORT (PORT 1-65535, or * for any "
+                                      "free one; an IPv6 HOST in brackets), ipc://PATH or inproc://NAME.")
     send_hwm: int = Field(
-        10000, ge=1,
+        10000, ge=1, le=10_000_000,
         description="Messages queued per subscriber before ZeroMQ drops for that subscriber; "
                     "a slow subscriber never slows the pipeline.",
     )
     wait_for_subscribers: int = Field(
-        0, ge=0,
+        0, ge=0, le=100_000,
         description="Hold the sources until this many subscribers are subscribed (0: start at once), "
                     "so that no message is published before its reader is there.",
     )
-    wait_timeout_s: float = Field(30.0, gt=0, description="How long to wait for those subscribers.")
+    wait_timeout_s: float = Field(30.0, gt=0, le=86400, description="How long to wait for those subscribers.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_one_zeromq_binds(cls, endpoint: str) -> str:
+        tcp = re.fullmatch(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\[\]:/]+):(\*|\d+)", endpoint)
+        if tcp is None and not re.fullmatch(r"(ipc|inproc)://.+", endpoint):
+            raise ValueError("expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+        if tcp is not None and tcp.group(2) != "*" and not 1 <= int(tcp.group(2)) <= 65535:
+            raise ValueError(f"port {tcp.group(2)} is not in 1-65535 (or * for any free port)")
+        return endpoint
     curve: CurveConfig | None = Field(None, description="Encrypt and authenticate (off when absent).")
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from pipelines.frames import EndOfStream, Frame, FrameTimes
 from pipelines.log_context import stream_context
@@ -26,16 +27,18 @@ from pipelines.runtime.stage import Stage
 from pipelines.runtime.stream_state import StreamStates
 from pipelines.sources.backoff import backoff_delay
 from pipelines.sources.base import RawFrame, SourceError
-from pipelines.sources.config import FileSourceConfig, is_live
+from pipelines.sources.config import FileSourceConfig, describe_source, is_live
 from pipelines.sources.opencv import OpenCvSource
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class CaptureStage(Stage):
     def __init__(self, source: OpenCvSource, shrink: FrameShrinker, mux: FrameMux, states: StreamStates,
                  stop: threading.Event, abort: threading.Event, metrics: PipelineMetrics) -> None:
         super().__init__(f"capture-{source.stream_id}", abort)
+        self.stream_id = source.stream_id
         self._source = source
         self._shrink = shrink
         self._frame_size: tuple[int, int] | None = None
@@ -53,20 +56,74 @@ class CaptureStage(Stage):
         self._last_accepted = float("-inf")
         self._pace_origin: tuple[float, float] | None = None  # (perf_counter, pts) of the first paced frame
         self._gave_up = ""  # why the stream failed, if it did
+        self._undecodable = 0  # a file's frames that could not be decoded
+        self._missing = 0  # a file's frames its container declares but that were never read
+        self._frames_missing = metrics.frames_missing.labels(stream=source.stream_id)
         self._context = stream_context(source.stream_id)
+        self._lock = threading.Lock()  # this thread's frames and end, against an abandonment during a stop
+        self._waiting_since: float | None = None  # in the source's open() or read() since (monotonic)
+        self._ended = False  # its EndOfStream is in the mux: nothing more of this stream goes in
 
     def loop(self) -> None:
         stream_id = self._source.stream_id
-        final_state = "ended"
         try:
             final_state = self._capture()
+        except Exception as exc:  # one stream's failure is that stream's: the others go on
+            final_state = "failed"
+            self._gave_up = f"{describe_source(self._config)}: {type(exc).__name__}: {exc}"
+            log.error("stream %s failed: %s", stream_id, self._gave_up, extra=self._context)
         finally:
             self._source.close()
-        # The output stage announces the end, after this stream's last label.
-        previous = self._states.get(stream_id)
-        detail = "; ".join(filter(None, (self._gave_up, f"{self._index} frames read")))
-        self._states.set(stream_id, final_state, detail, announce=False)
-        self._mux.put(stream_id, EndOfStream(stream_id, self._index, final_state, previous), self.abort)
+        shortfall = self._shortfall()
+        self._end(final_state, "; ".join(filter(None, (self._gave_up, shortfall))),
+                  complete=final_state != "failed" and not shortfall)
+
+    def _end(self, state: str, why: str, complete: bool) -> bool:
+        """Put the stream's end in the mux, once (this thread or an abandonment); the output stage announces
+        it after the stream's last label. False if it was already ended."""
+        stream_id = self._source.stream_id
+        with self._lock:
+            if self._ended:
+                return False
+            self._ended = True
+            previous = self._states.get(stream_id)
+            self._states.set(stream_id, state, "; ".join(filter(None, (why, f"{self._index} frames read"))),
+                             announce=False)
+            self._mux.put(stream_id, EndOfStream(stream_id, self._index, state, previous, why, complete), self.abort)
+        return True
+
+    def abandon_if_waiting(self, longer_than_s: float) -> bool:
+        """During a stop: a source's open() or read() cannot be interrupted (a camera that does not answer
+        holds it for open_timeout_s). If this stream's thread has been in one for ``longer_than_s``, end the
+        stream now: every frame it read is already on its way, and what the thread reads later is discarded.
+        True if the stream was ended here."""
+        since = self._waiting_since
+        if since is None or time.monotonic() - since < longer_than_s:
+            return False
+        ended = self._end("ended", "stopped while waiting for the source", complete=True)
+        if ended:
+            self.abandoned = True
+            log.warning("stream %s: stopped while waiting for %s; its thread is left to time out",
+                        self._source.stream_id, describe_source(self._config), extra=self._context)
+        return ended
+
+    def _waiting(self, call: Callable[[], T]) -> T:
+        """``call()`` (the source's open or read), noted as a wait that a stop may abandon."""
+        self._waiting_since = time.monotonic()
+        try:
+            return call()
+        finally:
+            self._waiting_since = None
+
+    def _shortfall(self) -> str:
+        """What of a file could not be classified, in words ('' when nothing)."""
+        parts = []
+        if self._undecodable:
+            parts.append(f"{self._undecodable} frame(s) could not be decoded")
+        if self._missing:
+            parts.append(f"the file ended {self._missing} frame(s) before the {self._source.declared_frames} its "
+                         "container declares")
+        return "; ".join(parts)
 
     def _capture(self) -> str:
         """Read until the source ends, fails for good, or the pipeline stops; return the final state."""
@@ -78,7 +135,7 @@ class CaptureStage(Stage):
             if not opened:
                 try:
                     self._states.set(self._source.stream_id, "reconnecting" if failures else "connecting")
-                    self._source.open()
+                    self._waiting(self._source.open)
                 except SourceError as exc:
                     if not self._live:
                         raise
@@ -90,9 +147,10 @@ class CaptureStage(Stage):
                 self._pace_origin = None
                 self._states.set(self._source.stream_id, "running")
             read_start = time.perf_counter()
-            raw = self._source.read()
+            raw = self._waiting(self._source.read)
             if raw is None:
                 if not self._live or self._paced:
+                    self._count_missing()
                     log.info("stream %s: source ended after %d frames", self._source.stream_id, self._index,
                              extra=self._context)
                     return "ended"
@@ -111,7 +169,23 @@ class CaptureStage(Stage):
                  extra=self._context)
         return "ended"
 
+    def _count_missing(self) -> None:
+        """A file that ends before the length its container declares: a warning, counted. One frame short is
+        not: containers that only estimate their length (MKV, AVI without an index) can be one off."""
+        declared = self._source.declared_frames
+        if declared - self._index > 1:
+            self._missing = declared - self._index
+            self._frames_missing.inc(self._missing)
+            log.warning("stream %s: %s", self._source.stream_id, self._shortfall(), extra=self._context)
+
     def _hand_on(self, raw: RawFrame, read_start: float) -> None:
+        if raw.undecodable_before:  # each undecodable frame of a damaged file: an index, and a drop
+            self._undecodable += raw.undecodable_before
+            self._index += raw.undecodable_before
+            for _ in range(raw.undecodable_before):
+                self._drop("decode_error")
+            log.warning("stream %s: %d frame(s) before frame %d could not be decoded", self._source.stream_id,
+                        raw.undecodable_before, self._index, extra=self._context)
         index = self._index
         self._index += 1
         self._captured.inc()
@@ -135,7 +209,9 @@ class CaptureStage(Stage):
         pixels = self._shrink(raw.image)
         times = FrameTimes(read_start, read_end, shrink_s=time.perf_counter() - shrink_start)
         frame = Frame(self._source.stream_id, index, raw.pts, time.time_ns(), times, pixels)
-        self._mux.put(self._source.stream_id, frame, self.abort)
+        with self._lock:
+            if not self._ended:  # ended by a stop while this frame was being read: discarded
+                self._mux.put(self._source.stream_id, frame, self.abort)
 
     def _note_frame_size(self, index: int, size: tuple[int, int]) -> None:
         """Count every change of the stream's frame size; log the first one (the preprocessing adapts)."""

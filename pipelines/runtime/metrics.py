@@ -111,6 +111,9 @@ class PipelineMetrics:
             registry=r)
         self.resolution_changes = Counter(
             f"{PREFIX}_resolution_changes", "Times a stream's frame size changed.", ["stream"], registry=r)
+        self.frames_missing = Counter(
+            f"{PREFIX}_frames_missing", "Frames a file's container declares that the file ended without "
+            "(it was cut short or damaged at its end).", ["stream"], registry=r)
         self.streams_ended = Counter(
             f"{PREFIX}_streams_ended", "Sources that reached their end.", ["stream"], registry=r)
         self.model = Info(f"{PREFIX}_model", "The model and engine in use.", registry=r)

@@ -55,6 +55,8 @@ class OutputStage(Stage):
         self._end_to_end = {s: metrics.end_to_end_latency.labels(stream=s) for s in streams}
         self._stage_latency = {stage: metrics.stage_latency.labels(stage=stage) for stage in STAGES}
         self.published: dict[str, int] = dict.fromkeys(streams, 0)  # also each stream's next seq
+        self.incomplete: dict[str, str] = {}  # streams not read in full, and why
+        self.completed = False  # every stream's end published: nothing read is left unpublished
         self._last_index: dict[str, int] = dict.fromkeys(streams, -1)
         self._settings_lock = threading.Lock()
         self._new_settings: tuple[int, dict[str, SourceBase]] | None = None
@@ -88,6 +90,7 @@ class OutputStage(Stage):
             elif item is not None:
                 self._publish(item)
         self._announce_changes()
+        self.completed = True
 
     def _publish(self, batch: Batch) -> None:
         """One message per frame that passes its stream's publish rules; metrics once per batch."""
@@ -131,9 +134,11 @@ class OutputStage(Stage):
         log.info("stream %s: %s; %d of its %d frames published", stream, end.state, published, end.frames,
                  extra=stream_context(stream, seq=published - 1 if published else None))
         self._metrics.streams_ended.labels(stream=stream).inc()
+        detail = "; ".join(filter(None, (end.detail, f"{published} of {end.frames} frames published")))
         self._send(status_topic(stream), build_status_message(
-            stream, end.state, end.previous_state, f"{published} of {end.frames} frames published",
-            time.time_ns(), self._run, frames=end.frames))
+            stream, end.state, end.previous_state, detail, time.time_ns(), self._run, frames=end.frames))
+        if not end.complete:
+            self.incomplete[stream] = end.detail
 
     def _announce_changes(self) -> None:
         while True:

@@ -88,19 +88,21 @@ class Pipeline:
     def abort(self) -> None:
         self._abort.set()
 
+    def abandon_waiting_sources(self, longer_than_s: float) -> list[str]:
+        """During a stop: end the streams whose thread has been stuck in a source's open() or read() for
+        ``longer_than_s`` (see :meth:`CaptureStage.abandon_if_waiting`); their ids."""
+        return [stage.stream_id for stage in self.stages
+                if isinstance(stage, CaptureStage) and stage.abandon_if_waiting(longer_than_s)]
+
     @property
     def finished(self) -> bool:
-        """Every stage has returned (all streams ended and drained, or aborted)."""
-        return not any(stage.is_alive() for stage in self.stages)
+        """Every stage has returned (all streams ended and drained, or aborted), or was abandoned."""
+        return all(stage.settled for stage in self.stages)
 
     @property
     def stopping(self) -> bool:
         """``stop()`` or ``abort()`` was called: the pipeline is draining or ending."""
         return self._stop.is_set() or self._abort.is_set()
-
-    @property
-    def aborted(self) -> bool:
-        return self._abort.is_set()
 
     def progress(self) -> Progress:
         """The engine's heartbeat (see :mod:`pipelines.runtime.progress`)."""
@@ -113,5 +115,6 @@ class Pipeline:
         """Join the stages in pipeline order within ``timeout_s``; return the names still running."""
         deadline = time.monotonic() + timeout_s
         for stage in self.stages:
-            stage.join(max(0.0, deadline - time.monotonic()))
-        return [stage.name for stage in self.stages if stage.is_alive()]
+            if not stage.abandoned:
+                stage.join(max(0.0, deadline - time.monotonic()))
+        return [stage.name for stage in self.stages if not stage.settled]

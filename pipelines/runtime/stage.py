@@ -20,13 +20,19 @@ class Stage(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.abort = abort
         self.error: BaseException | None = None
+        self.abandoned = False  # its work was ended for it (a stop); the thread may still be finishing a call
+
+    @property
+    def settled(self) -> bool:
+        """Finished, or abandoned: nothing downstream waits for it any more."""
+        return self.abandoned or not self.is_alive()
 
     def run(self) -> None:
         try:
             self.loop()
         except Exception as exc:
             self.error = exc
-            log.error("stage %s failed: %s", self.name, exc, exc_info=True)
+            log.debug("stage %s failed", self.name, exc_info=True)  # the daemon reports it in one line
             self.abort.set()
 
     @abstractmethod

@@ -16,6 +16,7 @@ class SourceError(RuntimeError):
 class RawFrame:
     image: np.ndarray  # HxWx3 uint8, BGR
     pts: float  # seconds from the start of the source
+    undecodable_before: int = 0  # frames just before this one that could not be decoded (a damaged file)
 
 
 class Source(ABC):

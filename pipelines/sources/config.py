@@ -15,24 +15,28 @@ STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class ReconnectConfig(StrictModel):
-    base_s: float = Field(0.5, gt=0, description="First wait before reconnecting.")
-    cap_s: float = Field(30.0, gt=0, description="Longest wait between attempts.")
+    base_s: float = Field(0.5, gt=0, le=3600, description="First wait before reconnecting (at most an hour).")
+    cap_s: float = Field(30.0, gt=0, le=86400, description="Longest wait between attempts (at most a day).")
     max_attempts: int | None = Field(
-        None, ge=1, description="Give up (state 'failed') after this many failed attempts in a row (default: never).")
+        None, ge=1, le=1_000_000,
+        description="Give up (state 'failed') after this many failed attempts in a row (default: never).")
     stall_timeout_s: float = Field(
-        10.0, gt=0, description="A live source that delivers no frame for this long is reconnected.")
+        10.0, gt=0, le=3600,
+        description="A live source that delivers no frame for this long is reconnected (at most an hour).")
 
 
 class SourceBase(StrictModel):
     id: str = Field(pattern=STREAM_ID_PATTERN, description="Stream id: the ZeroMQ topic of its labels.")
-    width: int | None = Field(None, ge=16, description="Ask the device for this frame width (cameras).")
-    height: int | None = Field(None, ge=16, description="Ask the device for this frame height (cameras).")
-    fps_cap: float | None = Field(None, gt=0, description="Classify at most this many frames per second.")
-    interval: int = Field(1, ge=1, description="Classify every Nth frame (the others are counted as dropped).")
+    width: int | None = Field(None, ge=16, le=16384, description="Ask the device for this frame width (cameras).")
+    height: int | None = Field(None, ge=16, le=16384, description="Ask the device for this frame height (cameras).")
+    fps_cap: float | None = Field(None, gt=0, le=1000, description="Classify at most this many frames per second.")
+    interval: int = Field(1, ge=1, le=100_000,
+                          description="Classify every Nth frame (the others are counted as dropped).")
     buffer_frames: int = Field(
         2, ge=1, le=64, description="Live sources: frames held for preprocessing; when full the oldest is dropped.")
     max_frame_age_ms: float = Field(
-        500.0, gt=0, description="Live sources: a frame older than this when its turn comes is dropped as stale.")
+        500.0, gt=0, le=3_600_000,
+        description="Live sources: a frame older than this when its turn comes is dropped as stale.")
     reconnect: ReconnectConfig = ReconnectConfig()
     smoothing: float = Field(
         0.0, ge=0.0, lt=1.0,
@@ -40,7 +44,7 @@ class SourceBase(StrictModel):
                     "(0: off; 0.8: about the last 5 frames).")
     publish: Literal["every_frame", "on_change"] = Field(
         "every_frame", description="on_change: publish only when the top label changes, or every heartbeat_s.")
-    heartbeat_s: float = Field(5.0, gt=0, description="With publish = on_change: the longest silence.")
+    heartbeat_s: float = Field(5.0, gt=0, le=86400, description="With publish = on_change: the longest silence.")
     min_score: float = Field(
         0.0, ge=0.0, le=1.0,
         description="Publish only frames whose top class scores at least this (after smoothing); the others "
@@ -64,7 +68,7 @@ class StreamSourceConfig(SourceBase):
     type: Literal["stream"]
     url: str = Field(pattern=r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://",
                      description="A network stream (RTSP, RTMP, HTTP(S) incl. MJPEG) for OpenCV's FFmpeg backend.")
-    open_timeout_s: float = Field(10.0, gt=0, description="Give up opening after this long.")
+    open_timeout_s: float = Field(10.0, gt=0, le=3600, description="Give up opening after this long (at most an hour).")
 
 
 class GStreamerSourceConfig(SourceBase):

@@ -34,6 +34,11 @@ def has_gstreamer() -> bool:
                for line in cv2.getBuildInformation().splitlines())
 
 
+# A file's read that fails is retried: a damaged packet costs its frame, and decoding goes on after it.
+# This many failures in a row is the end of the file (or of what can be read of it).
+UNDECODABLE_IN_A_ROW = 100
+
+
 def decodes_with_ffmpeg(config: SourceBase) -> bool:
     """Files and network streams: decoded by FFmpeg, whose thread count the daemon sets."""
     return isinstance(config, FileSourceConfig | StreamSourceConfig)
@@ -83,6 +88,7 @@ class OpenCvSource(Source):
         self._pending: RawFrame | None = None
         self._fps = 0.0
         self._delivered = 0
+        self.declared_frames = 0  # a file's length as its container declares it (0: unknown)
 
     @property
     def is_open(self) -> bool:
@@ -105,27 +111,36 @@ class OpenCvSource(Source):
             raise SourceError(f"source {self.stream_id!r}: {describe_source(self.config)} delivered no decodable "
                               "video frame")
         self._fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        if isinstance(self.config, FileSourceConfig):
+            self.declared_frames = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
         self._capture = capture
         self._delivered = 0
         # The probe's frame is kept, not re-read: seeking back is unreliable, and impossible on a stream.
         self._pending = self._frame(image)
 
     def read(self) -> RawFrame | None:
+        """The next frame; None at the end. For a file, reads that fail are retried (OpenCV decodes on past
+        a damaged packet): the frame after them says how many there were; ``UNDECODABLE_IN_A_ROW`` of them
+        in a row is the end. A live source's failed read is its end (the capture stage reconnects)."""
         if self._capture is None:
             raise SourceError(f"source {self.stream_id!r} is not open")
         if self._pending is not None:
             frame, self._pending = self._pending, None
             return frame
-        ok, image = self._capture.read()
-        return self._frame(image) if ok and image is not None else None
+        retries = UNDECODABLE_IN_A_ROW if isinstance(self.config, FileSourceConfig) else 0
+        for undecodable in range(retries + 1):
+            ok, image = self._capture.read()
+            if ok and image is not None:
+                return self._frame(image, undecodable)
+        return None
 
-    def _frame(self, image: np.ndarray) -> RawFrame:
+    def _frame(self, image: np.ndarray, undecodable_before: int = 0) -> RawFrame:
         assert self._capture is not None
         pts = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         if pts <= 0.0 and self._delivered > 0 and self._fps > 0:
             pts = self._delivered / self._fps  # containers and streams without timestamps
         self._delivered += 1
-        return RawFrame(image, pts)
+        return RawFrame(image, pts, undecodable_before)
 
     def close(self) -> None:
         if self._capture is not None:
