@@ -1,10 +1,12 @@
 """``nfnet-daemon --check-config``: everything start-up would check, without starting the pipeline.
 
 The model is opened and its metadata read, the engine choice is made and its requirements checked (without
-compiling), file sources are opened and their first frame decoded, CURVE key files are read with their
-permission checks; live sources are not contacted (a camera that is down at start-up does not stop the
-daemon either) and no port is bound. Errors are raised as start-up would raise
-them; the return value is a summary a person can read.
+compiling), the model is run once on zeros (ONNX Runtime on the CPU, else MIGraphX's reference target: a
+model that fails when run, or whose output does not fit its labels, fails here as at start-up), file
+sources are opened and their first frame decoded, CURVE key files are read with their permission checks;
+live sources are not contacted (a camera that is down at start-up does not stop the daemon either) and no
+port is bound. Errors are raised as start-up would raise them; the return value is a summary a person can
+read.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.config import DaemonConfig
-from pipelines.engines import probe_engine
+from pipelines.engines import probe_engine, trial_run
 from pipelines.model_info import model_id, read_model_info
 from pipelines.publishers.curve_keys import authorized_key_files, load_secret_key
 from pipelines.sources import create_source
@@ -26,6 +28,7 @@ def check_config(config: DaemonConfig, path: Path) -> list[str]:
         f"  model    {model_id(config.model.path, info)} ({config.model.path}): input "
         f"{'x'.join(map(str, info.input_size))}, {info.num_classes} classes, weights {info.weights.describe()}",
         f"  engine   {probe_engine(config.engine, config.model.path, info)}",
+        f"  run      {trial_run(config.engine, config.model.path, info)}",
     ]
     for source_config in config.sources:
         source = create_source(source_config)

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 ROUTES = ("/metrics", "/healthz", "/readyz")
 REQUEST_TIMEOUT_S = 5.0  # a client that sends nothing (or reads nothing) for this long is dropped
+MAX_CONNECTIONS = 32  # served at once; Prometheus and a health checker need a few
 
 
 class HttpEndpointError(RuntimeError):
@@ -32,14 +33,30 @@ class HttpEndpointError(RuntimeError):
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     # close() waits for requests in flight, so that no answer is cut off when the daemon exits; each
-    # request is bounded by the handler's timeout, so a client that never sends its request cannot hold it.
+    # request is bounded by the handler's timeout, so a client that never sends its request cannot hold it,
+    # and at most MAX_CONNECTIONS are served at once (a thread each): more are closed at once, so that no
+    # client can exhaust the process's threads.
     daemon_threads = False
     block_on_close = True
 
     def __init__(self, host: str, port: int) -> None:
         # IPv4 or IPv6, whichever the configured host is.
         self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((host, port), _QuietHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("refusing %s: %d connections are being served", client_address, MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -109,7 +109,10 @@ class Daemon:
         hooks = BuildHooks(step=self._startup_step, stop_requested=self._stop_requested_during_startup)
         self.engine = create_engine(cfg.engine, cfg.model.path, self.info, hooks)
         self._startup_step("warming up")
-        self.engine.warmup(cfg.engine.warmup_runs)
+        self.engine.check_output(self.info.num_classes)
+        for _ in range(cfg.engine.warmup_runs):  # a stop is taken between runs (one can take seconds on a CPU)
+            self._raise_if_stop_requested()
+            self.engine.warmup(1)
         self._raise_if_stop_requested()
         facts = self.engine.describe()
         log.info("engine %s ready in %.2fs (%s)", self.engine.name, time.perf_counter() - started,

@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from pipelines.paths import file_problem
 
 METADATA_PREFIX = "nfnet_stream."
 METADATA_VERSION = 1
@@ -64,6 +67,8 @@ class ModelInfo:
         _check(len(self.input_size) == 3 and self.input_size[0] == 3, "input_size must be [3, H, W]")
         _check(all(int(v) > 0 for v in self.input_size), "input_size entries must be positive")
         _check(len(self.mean) == 3 and len(self.std) == 3, "mean and std need three values (R, G, B)")
+        _check(all(math.isfinite(v) for v in (*self.mean, *self.std)),
+               f"mean and std must be finite numbers, got mean {list(self.mean)}, std {list(self.std)}")
         _check(all(s > 0 for s in self.std), "std values must be positive")
         _check(0.0 < self.crop_pct <= 1.0, f"crop_pct must be in (0, 1], got {self.crop_pct}")
         _check(self.interpolation in ("nearest", "bilinear", "bicubic", "area"),
@@ -155,8 +160,11 @@ def read_model_info(path: str | Path) -> ModelInfo:
     import onnx
 
     path = Path(path)
-    if not path.is_file():
-        raise ModelMetadataError(f"model file not found: {path}")
+    problem = file_problem(path)
+    if problem:
+        raise ModelMetadataError(f"model {problem}")
+    if path.stat().st_size == 0:
+        raise ModelMetadataError(f"model {path} is empty (0 bytes): not an ONNX model")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types on a corrupt file

@@ -18,3 +18,15 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 
 
 ConfigPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve)]  # TOML has no path type: a string
+
+
+def file_problem(path: Path) -> str:
+    """Why ``path`` cannot be read as a file ('' if it can): missing, a directory, or not a regular file
+    (a FIFO would block whoever opens it until something writes to it)."""
+    if not path.exists():
+        return f"file not found: {path}"
+    if path.is_dir():
+        return f"{path} is a directory, not a file"
+    if not path.is_file():
+        return f"{path} is not a regular file"
+    return ""

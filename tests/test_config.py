@@ -52,6 +52,25 @@ def test_absolute_paths_stay(tmp_path: Path) -> None:
     (MINIMAL.replace('id = "cam1"', 'id = "cam 1"'), "sources[0].id: String should match pattern"),
     (MINIMAL + '\n[[sources]]\nid = "cam1"\npath = "b.mp4"\n', "source ids must be unique; repeated: cam1"),
     (MINIMAL + "\n[engine]\ntype = \"tensorrt\"\n", "engine.type: Input should be 'auto', 'migraphx' or 'onnxruntime'"),
+    # Wrong types are not guessed at (TOML has real ones).
+    (MINIMAL + "\n[engine]\nbatch_size = \"4\"\n", "engine.batch_size: Input should be a valid integer"),
+    (MINIMAL + "\n[pipeline]\ntop_k = true\n", "pipeline.top_k: Input should be a valid integer"),
+    (MINIMAL + "\n[metrics]\nenabled = \"false\"\n", "metrics.enabled: Input should be a valid boolean"),
+    # Values with no sane use are bounded, and the error says the bound.
+    (MINIMAL.replace('id = "cam1"', 'id = "cam1"\n[sources.reconnect]\nbase_s = inf'),
+     "sources[0].reconnect.base_s: Input should be a finite number"),
+    (MINIMAL.replace('id = "cam1"', 'id = "cam1"\n[sources.reconnect]\nstall_timeout_s = 1e10'),
+     "sources[0].reconnect.stall_timeout_s: Input should be less than or equal to 3600"),
+    (MINIMAL.replace('path = "videos/a.mp4"', 'type = "stream"\nurl = "rtsp://cam/1"\nopen_timeout_s = 1e10'),
+     "sources[0].open_timeout_s: Input should be less than or equal to 3600"),
+    (MINIMAL + "\n[publish.zmq]\nsend_hwm = 9999999999\n",
+     "publish.zmq.send_hwm: Input should be less than or equal to 10000000"),
+    (MINIMAL + "\n[engine.onnxruntime]\nintra_op_threads = 100000\n",
+     "engine.onnxruntime.intra_op_threads: Input should be less than or equal to 1024"),
+    (MINIMAL + "\n[publish.zmq]\nendpoint = \"tcp://127.0.0.1:99999\"\n",
+     "publish.zmq.endpoint: Value error, port 99999 is not in 1-65535 (or * for any free port)"),
+    (MINIMAL + "\n[publish.zmq]\nendpoint = \"udp://1.2.3.4:5\"\n",
+     "publish.zmq.endpoint: Value error, expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"),
 ])
 def test_invalid_configs_say_what_and_where(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
@@ -59,6 +78,22 @@ def test_invalid_configs_say_what_and_where(tmp_path: Path, text: str, expected:
         load_config(path)
     assert str(path) in str(caught.value)
     assert expected in str(caught.value)
+
+
+def test_every_problem_on_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "\n[pipeline]\ntop_k = 0\ninput_buffers = 99\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message, "the CLI prints one error line"
+    assert f"{path}:10: pipeline.top_k" in message and f"{path}:11: pipeline.input_buffers" in message
+
+
+def test_a_config_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_bytes(MINIMAL.encode() + b'\n[publish]\ninstance = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=rf"^{path}:10: not UTF-8 \(byte 0xe9\); TOML files are UTF-8$"):
+        load_config(path)
 
 
 def test_invalid_toml_names_the_line(tmp_path: Path) -> None:

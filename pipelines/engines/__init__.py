@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 from pipelines.engines.base import BuildCancelled, BuildHooks, Engine, EngineError
 from pipelines.engines.batching import resolve_batch
-from pipelines.engines.config import EngineConfig, MigraphxOptions
+from pipelines.engines.config import EngineConfig, MigraphxOptions, OnnxRuntimeOptions
 from pipelines.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,28 @@ def probe_engine(config: EngineConfig, model_path: Path, info: ModelInfo) -> str
     return f"onnxruntime ({why}), providers {providers}, batch {batch}"
 
 
+def trial_run(config: EngineConfig, model_path: Path, info: ModelInfo) -> str:
+    """One inference on zeros without compiling for a GPU (``--check-config``): ONNX Runtime on the CPU
+    where it is installed, else MIGraphX's reference target. Raises :class:`EngineError` as start-up would
+    for a model that fails when run or whose output does not fit its labels; says what ran."""
+    try:
+        import onnxruntime  # noqa: F401 - is the CPU route there?
+
+        trial = config.model_copy(update={"type": "onnxruntime", "onnxruntime": OnnxRuntimeOptions(
+            providers=["CPUExecutionProvider"])})
+        how = "ONNX Runtime on the CPU"
+    except ImportError:
+        trial = config.model_copy(update={"type": "migraphx", "migraphx": config.migraphx.model_copy(
+            update={"target": "ref", "cache_dir": Path(tempfile.mkdtemp(prefix="nfnet-check-"))})})
+        how = "MIGraphX's reference target"
+    engine = create_engine(trial, model_path, info)
+    try:
+        engine.check_output(info.num_classes)
+    finally:
+        engine.close()
+    return f"one batch of {engine.batch_size} run ({how}): {info.num_classes} finite scores a frame"
+
+
 def create_engine(config: EngineConfig, model_path: Path, info: ModelInfo, hooks: BuildHooks | None = None) -> Engine:
     """Build the configured engine for ``model_path``; ``auto`` logs what it chose and why. ``hooks`` hear of
     long steps (a MIGraphX compile) and can stop them (:class:`BuildCancelled`)."""
@@ -69,4 +92,4 @@ def create_engine(config: EngineConfig, model_path: Path, info: ModelInfo, hooks
 
 
 __all__ = ["BuildCancelled", "BuildHooks", "Engine", "EngineConfig", "EngineError", "choose_engine", "create_engine",
-           "migraphx_unavailable", "probe_engine"]
+           "migraphx_unavailable", "probe_engine", "trial_run"]

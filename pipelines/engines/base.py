@@ -65,6 +65,7 @@ class Engine(ABC):
     batch_size: int
     max_in_flight: int = 1
     build_report: BuildReport | None = None  # engines that compile say how it went
+    _zeros: np.ndarray | None = None  # the input buffer run_zeros keeps
 
     def input_buffers(self, count: int) -> list[np.ndarray]:
         """``count`` host buffers of shape ``(batch_size, C, H, W)``, float32, for the preprocess stage."""
@@ -84,9 +85,31 @@ class Engine(ABC):
 
     def warmup(self, runs: int = 2) -> None:
         """Run a few batches of zeros so that lazy initialisation happens before the first frame."""
-        buffers = self.input_buffers(1)
         for _ in range(runs):
-            self.infer(buffers[0], self.batch_size)
+            self.run_zeros()
+
+    def run_zeros(self) -> np.ndarray:
+        """One full batch of zeros (a buffer kept for it); its logits. A model that fails when run is an
+        :class:`EngineError` saying so (start-up's error, not a traceback from the pipeline)."""
+        zeros = self._zeros
+        if zeros is None:
+            zeros = self._zeros = self.input_buffers(1)[0]
+            zeros[:] = 0.0
+        try:
+            return self.infer(zeros, self.batch_size)
+        except EngineError:
+            raise
+        except Exception as exc:  # whatever the runtime raises for a graph that does not run
+            raise EngineError(f"the model fails when run: {type(exc).__name__}: {exc}") from exc
+
+    def check_output(self, labels: int) -> None:
+        """Run once and check the logits: one score per label for every frame, all finite; else EngineError."""
+        logits = self.run_zeros()
+        if logits.shape != (self.batch_size, labels):
+            raise EngineError(f"the model's output has shape {list(logits.shape)} for a batch of {self.batch_size}, "
+                              f"but its metadata lists {labels} labels: re-export it with labels that match")
+        if not np.isfinite(logits).all():
+            raise EngineError("the model's output has NaN or infinite scores for a frame of zeros")
 
     @property
     @abstractmethod

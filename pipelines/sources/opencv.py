@@ -8,6 +8,7 @@ import os
 import cv2
 import numpy as np
 
+from pipelines.paths import file_problem
 from pipelines.sources.base import RawFrame, Source, SourceError
 from pipelines.sources.config import (
     CameraSourceConfig,
@@ -57,8 +58,9 @@ def _target(config: SourceBase, decode_threads: int) -> tuple[str | int, int, li
     stall_ms = int(config.reconnect.stall_timeout_s * 1000)
     threads = [cv2.CAP_PROP_N_THREADS, decode_threads] if decode_threads else []
     if isinstance(config, FileSourceConfig):
-        if not config.path.is_file():
-            raise SourceError(f"source {config.id!r}: video file not found: {config.path}")
+        problem = file_problem(config.path)
+        if problem:
+            raise SourceError(f"source {config.id!r}: video {problem}")
         return str(config.path), cv2.CAP_FFMPEG, threads
     if isinstance(config, StreamSourceConfig):
         return config.url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(config.open_timeout_s * 1000),
