@@ -8,12 +8,14 @@ message). So many buckets cost nothing per frame, only a few lines per scrape.
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import RestrictedRegistry
 from prometheus_client.utils import floatToGoString
 
 PREFIX = "nfnet_stream"
@@ -87,9 +89,42 @@ class BatchHistogram:
         yield family
 
 
+class CreatedFreeRegistry(CollectorRegistry):
+    """A registry that leaves the ``*_created`` samples of its counters and histograms out of every scrape.
+
+    Prometheus 2.x stores each ``_created`` sample as a series of its own (one beside every counter), and
+    nothing here reads them. prometheus_client's own switch (``disable_created_metrics()``, or
+    ``PROMETHEUS_DISABLE_CREATED_SERIES``) is process-wide, for every registry: this is only for this one.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        return _without_created(super().collect())
+
+    def restricted_registry(self, names: Iterable[str]) -> _CreatedFreeView:
+        """What ``/metrics?name[]=...`` reads: restricted, still without ``_created``."""
+        return _CreatedFreeView(super().restricted_registry(names))
+
+
+class _CreatedFreeView:
+    def __init__(self, source: RestrictedRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        return _without_created(self._source.collect())
+
+
+def _without_created(metrics: Iterable[Metric]) -> Iterator[Metric]:
+    for metric in metrics:
+        if metric.type in ("counter", "histogram", "summary"):
+            created = f"{metric.name}_created"
+            metric = copy.copy(metric)  # a collector may hand out the same object every time
+            metric.samples = [sample for sample in metric.samples if sample.name != created]
+        yield metric
+
+
 class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry = registry or CreatedFreeRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux)
         PlatformCollector(registry=r)  # python_info
