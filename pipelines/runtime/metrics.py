@@ -129,7 +129,12 @@ class PipelineMetrics:
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux)
         PlatformCollector(registry=r)  # python_info
         self.frames = Counter(
-            f"{PREFIX}_frames", "Frames that passed each stage, per stream.", ["stream", "stage"], registry=r)
+            f"{PREFIX}_frames", "Frames read from each stream's source, each once (what became of them: "
+            f"{PREFIX}_stage_frames_total and {PREFIX}_frames_dropped_total).", ["stream"], registry=r)
+        self.stage_frames = Counter(
+            f"{PREFIX}_stage_frames", "Frames that passed each stage after capture (preprocess, inference, "
+            "publish), per stream: a frame counts at every stage it passes, so do not sum over stage.",
+            ["stream", "stage"], registry=r)
         self.stage_latency = BatchHistogram(
             f"{PREFIX}_stage_latency_seconds", "Time a frame spent in each stage (queue waits excluded).",
             ["stage"], LATENCY_BUCKETS, r)
@@ -152,13 +157,16 @@ class PipelineMetrics:
         self.resolution_changes = Counter(
             f"{PREFIX}_resolution_changes", "Times a stream's frame size changed.", ["stream"], registry=r)
         self.streams_ended = Counter(
-            f"{PREFIX}_streams_ended", "Sources that reached their end.", ["stream"], registry=r)
+            f"{PREFIX}_streams_ended", "Streams that came to an end, by their final state: ended (a file read to "
+            "its end, or a source stopped at shutdown) or failed (a live source that gave up reconnecting).",
+            ["stream", "state"], registry=r)
         self.model = Info(f"{PREFIX}_model", "The model and engine in use.", registry=r)
-        self.compile_seconds = Gauge(
-            f"{PREFIX}_engine_compile_seconds", "How long the engine compiled at start-up (0: loaded from cache).",
-            registry=r)
+        self.build_seconds = Gauge(
+            f"{PREFIX}_engine_build_seconds", "Seconds start-up spent on the engine, by step: build (ONNX Runtime: "
+            "creating the session; MIGraphX: compiling, or loading the compiled program from its cache) and warmup "
+            "(the first runs, where some ONNX Runtime providers compile).", ["step"], registry=r)
         self.program_cache = Counter(
-            f"{PREFIX}_engine_program_cache", "Compiled-program cache lookups at start-up, by outcome.",
+            f"{PREFIX}_engine_program_cache", "MIGraphX compiled-program cache lookups at start-up, by outcome.",
             ["outcome"], registry=r)
 
     def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
@@ -171,5 +179,5 @@ class PipelineMetrics:
         return lambda cause: children[cause].inc()
 
     def counter_for(self, stream: str, stage: str) -> Counter:
-        """The frame counter child of one stream and stage (look it up once, increment often)."""
-        return self.frames.labels(stream=stream, stage=stage)
+        """The stage-frame counter of one stream and stage (look it up once, increment often)."""
+        return self.stage_frames.labels(stream=stream, stage=stage)
