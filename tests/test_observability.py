@@ -1,8 +1,9 @@
 """What Prometheus and Grafana are given: a real daemon's /metrics passes ``promtool check metrics`` and has
 no ``_created`` series; every metric, label and label value that the Grafana dashboard and the alert rules
 query is exported by a real daemon (a file that ended, a live stream reconnecting, MIGraphX's
-compiled-program cache), and every nfnet_stream_ metric is on the dashboard; the Prometheus config and
-rules pass promtool."""
+compiled-program cache), every nfnet_stream_ metric is on the dashboard, and every panel query of a
+per-stream metric follows the stream variable; the panels where no data means trouble say so; the
+Prometheus config and rules pass promtool."""
 
 from __future__ import annotations
 
@@ -96,6 +97,11 @@ def dashboard_queries() -> list[str]:
     return found
 
 
+def data_panels() -> list[dict[str, Any]]:
+    """The dashboard's panels with queries (rows aside)."""
+    return [panel for panel in json.loads(DASHBOARD.read_text())["panels"] if panel["type"] != "row"]
+
+
 def rule_queries() -> list[str]:
     rules = yaml.safe_load(ALERT_RULES.read_text())
     return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
@@ -154,6 +160,33 @@ def test_dashboard_shows_every_daemon_metric(exposition: str) -> None:
     families = {family.name: {sample.name for sample in family.samples}
                 for family in text_string_to_metric_families(exposition) if family.name.startswith("nfnet_stream_")}
     assert sorted(name for name, sample_names in families.items() if not sample_names & queried) == []
+
+
+def test_the_stream_variable_filters_every_query_of_a_per_stream_metric(exposition: str) -> None:
+    """Panels of metrics without a stream label (stage latency, queues, engine, process) are for all streams,
+    and say so."""
+    samples = exported(exposition)
+    unfiltered = [(panel["title"], selector.metric) for panel in data_panels()
+                  for target in panel["targets"] for selector in parse(target["expr"]).selectors
+                  if "stream" in samples.get(selector.metric, {})
+                  and Matcher("stream", "=~", "$stream") not in selector.matchers]
+    assert unfiltered == []
+    per_stream = [panel["title"] for panel in data_panels()
+                  if any("$stream" in target["expr"] for target in panel["targets"])]
+    assert len(per_stream) == 7, per_stream
+    rows = {panel["title"] for panel in json.loads(DASHBOARD.read_text())["panels"] if panel["type"] == "row"}
+    assert {"Pipeline (all streams)", "Engine and process (all streams)"} <= rows
+
+
+def test_panels_where_no_data_is_trouble_show_it_in_red() -> None:
+    """With the daemon down, "Daemon" and "Streams not running" have no data (tests/test_prometheus_queries.py):
+    each says so in red, where "Streams not running" used to read a green 0."""
+    panels = {panel["title"]: panel for panel in data_panels()}
+    for title in ("Daemon", "Streams not running"):
+        defaults = panels[title]["fieldConfig"]["defaults"]
+        assert defaults["noValue"] not in ("", "0"), title
+        assert defaults["thresholds"]["steps"][0] == {"color": "red", "value": None}, title  # the colour of no data
+    assert parse(panels["Daemon"]["targets"][0]["expr"]).metrics == {"up"}
 
 
 def test_alert_rules_query_only_what_the_daemon_exports(exposition: str) -> None:
