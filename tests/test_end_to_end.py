@@ -84,7 +84,7 @@ def test_readme_demo_command_labels_the_bundled_video(tmp_path: Path) -> None:
     """The README's demo, on free ports: exit 0, one printed line per frame, ≥ 99% right."""
     demo = (REPO / "configs" / "demo.toml").read_text()
     demo = demo.replace("tcp://127.0.0.1:5555", f"tcp://127.0.0.1:{free_port()}")
-    demo = demo.replace("port = 9108", f"port = {free_port()}").replace('"../', f'"{REPO}/')
+    demo = demo.replace("port = 9612", f"port = {free_port()}").replace('"../', f'"{REPO}/')
     config = tmp_path / "demo.toml"
     config.write_text(demo)
     result = subprocess.run([sys.executable, "-m", "daemon", "--config", str(config)], cwd=REPO,

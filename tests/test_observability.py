@@ -3,7 +3,7 @@ no ``_created`` series; every metric, label and label value that the Grafana das
 query is exported by a real daemon (a file that ended, a live stream reconnecting, MIGraphX's
 compiled-program cache), every nfnet_stream_ metric is on the dashboard, and every panel query of a
 per-stream metric follows the stream variable; the panels where no data means trouble say so; the
-Prometheus config and rules pass promtool."""
+Prometheus config and rules pass promtool and scrape the default port."""
 
 from __future__ import annotations
 
@@ -222,6 +222,16 @@ def test_prometheus_config_scrapes_the_default_endpoint() -> None:
     defaults = MetricsConfig()
     assert job["static_configs"][0]["targets"] == [f"{defaults.host}:{defaults.port}"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_the_default_port_is_not_graphite_exporters_and_is_the_one_documented() -> None:
+    """9108 is graphite_exporter's in Prometheus' port list; 9612 is free there. Every file that names the
+    default names 9612, and none names 9108 as a port (":9108", "= 9108")."""
+    port = MetricsConfig().port
+    assert port == 9612
+    files = [REPO / "README.md", PROMETHEUS_CONFIG, *sorted((REPO / "configs").glob("*.toml"))]
+    assert [path.name for path in files
+            if re.search(r"[:=] ?9108\b", path.read_text()) or str(port) not in path.read_text()] == []
 
 
 @pytest.mark.parametrize(("expr", "expected"), [
