@@ -3,7 +3,8 @@ no ``_created`` series; every metric, label and label value that the Grafana das
 query is exported by a real daemon (a file that ended, a live stream reconnecting, MIGraphX's
 compiled-program cache), every nfnet_stream_ metric is on the dashboard, and every panel query of a
 per-stream metric follows the stream variable; the panels where no data means trouble say so; the
-Prometheus config and rules pass promtool and scrape the default port."""
+Prometheus config and rules pass promtool and scrape the default port. (A real Prometheus server runs them
+in tests/test_prometheus_queries.py.)"""
 
 from __future__ import annotations
 
@@ -24,13 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon.config import MetricsConfig
 from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
+from tests.prometheus_server import ALERT_RULES, DASHBOARD, PROMETHEUS_CONFIG
 from tests.promql import Matcher, Query, Selector, parse
 from tests.source_tables import dead_stream, file_source
 from tests.subscriber import Subscriber, get, poll
 
-DASHBOARD = REPO / "configs" / "grafana" / "nfnet-stream-dashboard.json"
-PROMETHEUS_CONFIG = REPO / "configs" / "prometheus" / "nfnet-stream.yml"
-ALERT_RULES = REPO / "configs" / "prometheus" / "nfnet-stream-alerts.yml"
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
 SYNTHETIC_METRICS = frozenset({"up"})  # made by Prometheus for each target, never exported
 LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
