@@ -39,7 +39,8 @@ class ModelConfig(StrictModel):
 class MetricsConfig(StrictModel):
     enabled: bool = True
     host: str = Field("127.0.0.1", description="Address of the Prometheus endpoint.")
-    port: int = Field(9108, ge=0, le=65535, description="Port of the Prometheus endpoint (0: any free).")
+    # 9612: free in Prometheus' list of default exporter ports (9108, the default before, is graphite_exporter's).
+    port: int = Field(9612, ge=0, le=65535, description="Port of the Prometheus endpoint (0: any free).")
 
 
 class LoggingConfig(StrictModel):

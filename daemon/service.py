@@ -108,20 +108,23 @@ class Daemon:
         started = time.perf_counter()
         hooks = BuildHooks(step=self._startup_step, stop_requested=self._stop_requested_during_startup)
         self.engine = create_engine(cfg.engine, cfg.model.path, self.info, hooks)
+        built = time.perf_counter()
         self._startup_step("warming up")
         self.engine.check_output(self.info.num_classes)
         for _ in range(cfg.engine.warmup_runs):  # a stop is taken between runs (one can take seconds on a CPU)
             self._raise_if_stop_requested()
             self.engine.warmup(1)
+        warmed = time.perf_counter()
         self._raise_if_stop_requested()
         facts = self.engine.describe()
-        log.info("engine %s ready in %.2fs (%s)", self.engine.name, time.perf_counter() - started,
+        log.info("engine %s ready in %.2fs (%s)", self.engine.name, warmed - started,
                  ", ".join(f"{k}={v}" for k, v in facts.items()))
         self.metrics.model.info({"model_id": identity, "model_path": str(cfg.model.path),
                                  "weights": self.info.weights.describe(), **self.run_identity.fields(), **facts})
+        self.metrics.build_seconds.labels(step="build").set(built - started)
+        self.metrics.build_seconds.labels(step="warmup").set(warmed - built)
         report = self.engine.build_report
         if report is not None:
-            self.metrics.compile_seconds.set(report.compile_seconds)
             self.metrics.program_cache.labels(outcome=report.cache).inc()
             log.info("compiled program: cache %s, compile %.1fs", report.cache, report.compile_seconds)
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the tests need beyond pip: a real RTSP server (Debian's gst-rtsp-server, driven by the
-# system python3) for the live-source tests; promtool (Debian's prometheus) to check the metrics, the
-# Prometheus config and the alert rules; systemd's systemd-analyze to verify the service unit; ffmpeg,
-# with which nfnet-ceiling makes its H.264 videos. Does nothing when they are already installed.
+# system python3) for the live-source tests; promtool and the server (Debian's prometheus) to check the
+# metrics, the Prometheus config and the alert rules, and to run them against a daemon; systemd's
+# systemd-analyze to verify the service unit; ffmpeg, with which nfnet-ceiling makes its H.264 videos. Does
+# nothing when they are already installed.
 set -euo pipefail
 packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good prometheus systemd ffmpeg)
 if dpkg -s "${packages[@]}" >/dev/null 2>&1; then
@@ -12,7 +13,7 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-# Only promtool is needed: on a machine run by systemd the package also starts a Prometheus server; stop it.
+# The tests start their own servers: on a machine run by systemd the package also starts one; stop it.
 if [ -d /run/systemd/system ]; then
     $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 fi

@@ -61,8 +61,9 @@ def test_every_frame_once_in_order_with_metrics_that_agree(tmp_path: Path, colou
             latency = message["latency_ms"]
             assert latency["total"] >= latency["inference"] > 0
             assert message["publish_time_ns"] >= message["capture_time_ns"]
-        for stage in ("capture", "preprocess", "inference", "publish"):
-            counted = metrics[("nfnet_stream_frames_total", (("stage", stage), ("stream", stream_id)))]
+        assert metrics[("nfnet_stream_frames_total", (("stream", stream_id),))] == len(names)
+        for stage in ("preprocess", "inference", "publish"):
+            counted = metrics[("nfnet_stream_stage_frames_total", (("stage", stage), ("stream", stream_id)))]
             assert counted == len(names), f"{stage} counted {counted} frames of {stream_id}"
         e2e_count = metrics[("nfnet_stream_end_to_end_latency_seconds_count", (("stream", stream_id),))]
         assert e2e_count == len(names)

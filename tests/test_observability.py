@@ -1,7 +1,10 @@
-"""What Prometheus and Grafana are given: a real daemon's /metrics passes ``promtool check metrics``;
-every metric, label and label value that the Grafana dashboard and the alert rules query is exported by
-a real daemon (a file that ended, a live stream reconnecting, MIGraphX's compiled-program cache), and
-every nfnet_stream_ metric is on the dashboard; the Prometheus config and rules pass promtool."""
+"""What Prometheus and Grafana are given: a real daemon's /metrics passes ``promtool check metrics`` and has
+no ``_created`` series; every metric, label and label value that the Grafana dashboard and the alert rules
+query is exported by a real daemon (a file that ended, a live stream reconnecting, MIGraphX's
+compiled-program cache), every nfnet_stream_ metric is on the dashboard, and every panel query of a
+per-stream metric follows the stream variable; the panels where no data means trouble say so; the
+Prometheus config and rules pass promtool and scrape the default port. (A real Prometheus server runs them
+in tests/test_prometheus_queries.py.)"""
 
 from __future__ import annotations
 
@@ -22,13 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon.config import MetricsConfig
 from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
+from tests.prometheus_server import ALERT_RULES, DASHBOARD, PROMETHEUS_CONFIG
 from tests.promql import Matcher, Query, Selector, parse
 from tests.source_tables import dead_stream, file_source
 from tests.subscriber import Subscriber, get, poll
 
-DASHBOARD = REPO / "configs" / "grafana" / "nfnet-stream-dashboard.json"
-PROMETHEUS_CONFIG = REPO / "configs" / "prometheus" / "nfnet-stream.yml"
-ALERT_RULES = REPO / "configs" / "prometheus" / "nfnet-stream-alerts.yml"
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
 SYNTHETIC_METRICS = frozenset({"up"})  # made by Prometheus for each target, never exported
 LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
@@ -95,6 +96,11 @@ def dashboard_queries() -> list[str]:
     return found
 
 
+def data_panels() -> list[dict[str, Any]]:
+    """The dashboard's panels with queries (rows aside)."""
+    return [panel for panel in json.loads(DASHBOARD.read_text())["panels"] if panel["type"] != "row"]
+
+
 def rule_queries() -> list[str]:
     rules = yaml.safe_load(ALERT_RULES.read_text())
     return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
@@ -143,13 +149,43 @@ def test_dashboard_queries_only_what_the_daemon_exports(exposition: str) -> None
     assert [problem for expr in queries for problem in problems(expr, samples)] == []
 
 
+def test_no_created_series_are_exported(exposition: str) -> None:
+    """Prometheus would store each as a series of its own, one beside every counter and histogram."""
+    assert [name for name in exported(exposition) if name.endswith("_created")] == []
+
+
 def test_dashboard_shows_every_daemon_metric(exposition: str) -> None:
-    """(prometheus_client's *_created timestamps aside.)"""
     queried = set().union(*(parse(expr).metrics for expr in dashboard_queries()))
     families = {family.name: {sample.name for sample in family.samples}
-                for family in text_string_to_metric_families(exposition)
-                if family.name.startswith("nfnet_stream_") and not family.name.endswith("_created")}
+                for family in text_string_to_metric_families(exposition) if family.name.startswith("nfnet_stream_")}
     assert sorted(name for name, sample_names in families.items() if not sample_names & queried) == []
+
+
+def test_the_stream_variable_filters_every_query_of_a_per_stream_metric(exposition: str) -> None:
+    """Panels of metrics without a stream label (stage latency, queues, engine, process) are for all streams,
+    and say so."""
+    samples = exported(exposition)
+    unfiltered = [(panel["title"], selector.metric) for panel in data_panels()
+                  for target in panel["targets"] for selector in parse(target["expr"]).selectors
+                  if "stream" in samples.get(selector.metric, {})
+                  and Matcher("stream", "=~", "$stream") not in selector.matchers]
+    assert unfiltered == []
+    per_stream = [panel["title"] for panel in data_panels()
+                  if any("$stream" in target["expr"] for target in panel["targets"])]
+    assert len(per_stream) == 7, per_stream
+    rows = {panel["title"] for panel in json.loads(DASHBOARD.read_text())["panels"] if panel["type"] == "row"}
+    assert {"Pipeline (all streams)", "Engine and process (all streams)"} <= rows
+
+
+def test_panels_where_no_data_is_trouble_show_it_in_red() -> None:
+    """With the daemon down, "Daemon" and "Streams not running" have no data (tests/test_prometheus_queries.py):
+    each says so in red, where "Streams not running" used to read a green 0."""
+    panels = {panel["title"]: panel for panel in data_panels()}
+    for title in ("Daemon", "Streams not running"):
+        defaults = panels[title]["fieldConfig"]["defaults"]
+        assert defaults["noValue"] not in ("", "0"), title
+        assert defaults["thresholds"]["steps"][0] == {"color": "red", "value": None}, title  # the colour of no data
+    assert parse(panels["Daemon"]["targets"][0]["expr"]).metrics == {"up"}
 
 
 def test_alert_rules_query_only_what_the_daemon_exports(exposition: str) -> None:
@@ -185,6 +221,16 @@ def test_prometheus_config_scrapes_the_default_endpoint() -> None:
     defaults = MetricsConfig()
     assert job["static_configs"][0]["targets"] == [f"{defaults.host}:{defaults.port}"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_the_default_port_is_not_graphite_exporters_and_is_the_one_documented() -> None:
+    """9108 is graphite_exporter's in Prometheus' port list; 9612 is free there. Every file that names the
+    default names 9612, and none names 9108 as a port (":9108", "= 9108")."""
+    port = MetricsConfig().port
+    assert port == 9612
+    files = [REPO / "README.md", PROMETHEUS_CONFIG, *sorted((REPO / "configs").glob("*.toml"))]
+    assert [path.name for path in files
+            if re.search(r"[:=] ?9108\b", path.read_text()) or str(port) not in path.read_text()] == []
 
 
 @pytest.mark.parametrize(("expr", "expected"), [

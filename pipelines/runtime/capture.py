@@ -50,7 +50,7 @@ class CaptureStage(Stage):
         self._mux = mux
         self._states = states
         self._stop_reading = stop
-        self._captured = metrics.counter_for(source.stream_id, "capture")
+        self._captured = metrics.frames.labels(stream=source.stream_id)
         self._drop: Callable[[str], None] = metrics.dropper(source.stream_id)
         self._index = 0  # the next frame's index in this stream
         self._last_accepted = float("-inf")

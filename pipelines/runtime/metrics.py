@@ -3,23 +3,30 @@
 Per-frame figures are recorded a batch at a time: counters by ``inc(n)``, latency histograms through
 :class:`BatchHistogram` (one lock and one numpy call per batch, where prometheus_client's ``Histogram``
 takes a lock per observation: five observations per frame cost about as much as encoding the frame's
-message).
+message). So many buckets cost nothing per frame, only a few lines per scrape.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import RestrictedRegistry
 from prometheus_client.utils import floatToGoString
 
 PREFIX = "nfnet_stream"
 
-# From sub-millisecond CPU stages up to multi-second stalls.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Renard's R10 preferred numbers: ten bounds a decade, each 1.25-1.28 times the one before, from 0.5 ms (a GPU's
+# small batch) to 10 s (a CPU engine at overload). histogram_quantile() interpolates inside the bucket that
+# holds the quantile, and the true quantile is in that bucket too, so the two differ by less than 28 % (the
+# widest bucket's ratio), whatever the engine; beyond 10 s only "more than 10 s" is known.
+_R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
+LATENCY_BUCKETS = (0.0005, 0.00063, 0.0008,
+                   *(round(mantissa * decade, 6) for decade in (0.001, 0.01, 0.1, 1.0) for mantissa in _R10), 10.0)
 STAGES = ("capture", "preprocess", "inference", "postprocess")
 DROP_CAUSES = ("queue_full", "stale", "decode_error", "interval")
 
@@ -82,14 +89,52 @@ class BatchHistogram:
         yield family
 
 
+class CreatedFreeRegistry(CollectorRegistry):
+    """A registry that leaves the ``*_created`` samples of its counters and histograms out of every scrape.
+
+    Prometheus 2.x stores each ``_created`` sample as a series of its own (one beside every counter), and
+    nothing here reads them. prometheus_client's own switch (``disable_created_metrics()``, or
+    ``PROMETHEUS_DISABLE_CREATED_SERIES``) is process-wide, for every registry: this is only for this one.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        return _without_created(super().collect())
+
+    def restricted_registry(self, names: Iterable[str]) -> _CreatedFreeView:
+        """What ``/metrics?name[]=...`` reads: restricted, still without ``_created``."""
+        return _CreatedFreeView(super().restricted_registry(names))
+
+
+class _CreatedFreeView:
+    def __init__(self, source: RestrictedRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        return _without_created(self._source.collect())
+
+
+def _without_created(metrics: Iterable[Metric]) -> Iterator[Metric]:
+    for metric in metrics:
+        if metric.type in ("counter", "histogram", "summary"):
+            created = f"{metric.name}_created"
+            metric = copy.copy(metric)  # a collector may hand out the same object every time
+            metric.samples = [sample for sample in metric.samples if sample.name != created]
+        yield metric
+
+
 class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry = registry or CreatedFreeRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux)
         PlatformCollector(registry=r)  # python_info
         self.frames = Counter(
-            f"{PREFIX}_frames", "Frames that passed each stage, per stream.", ["stream", "stage"], registry=r)
+            f"{PREFIX}_frames", "Frames read from each stream's source, each once (what became of them: "
+            f"{PREFIX}_stage_frames_total and {PREFIX}_frames_dropped_total).", ["stream"], registry=r)
+        self.stage_frames = Counter(
+            f"{PREFIX}_stage_frames", "Frames that passed each stage after capture (preprocess, inference, "
+            "publish), per stream: a frame counts at every stage it passes, so do not sum over stage.",
+            ["stream", "stage"], registry=r)
         self.stage_latency = BatchHistogram(
             f"{PREFIX}_stage_latency_seconds", "Time a frame spent in each stage (queue waits excluded).",
             ["stage"], LATENCY_BUCKETS, r)
@@ -115,13 +160,16 @@ class PipelineMetrics:
             f"{PREFIX}_frames_missing", "Frames a file's container declares that the file ended without "
             "(it was cut short or damaged at its end).", ["stream"], registry=r)
         self.streams_ended = Counter(
-            f"{PREFIX}_streams_ended", "Sources that reached their end.", ["stream"], registry=r)
+            f"{PREFIX}_streams_ended", "Streams that came to an end, by their final state: ended (a file read to "
+            "its end, or a source stopped at shutdown) or failed (a live source that gave up reconnecting).",
+            ["stream", "state"], registry=r)
         self.model = Info(f"{PREFIX}_model", "The model and engine in use.", registry=r)
-        self.compile_seconds = Gauge(
-            f"{PREFIX}_engine_compile_seconds", "How long the engine compiled at start-up (0: loaded from cache).",
-            registry=r)
+        self.build_seconds = Gauge(
+            f"{PREFIX}_engine_build_seconds", "Seconds start-up spent on the engine, by step: build (ONNX Runtime: "
+            "creating the session; MIGraphX: compiling, or loading the compiled program from its cache) and warmup "
+            "(the first runs, where some ONNX Runtime providers compile).", ["step"], registry=r)
         self.program_cache = Counter(
-            f"{PREFIX}_engine_program_cache", "Compiled-program cache lookups at start-up, by outcome.",
+            f"{PREFIX}_engine_program_cache", "MIGraphX compiled-program cache lookups at start-up, by outcome.",
             ["outcome"], registry=r)
 
     def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
@@ -134,5 +182,5 @@ class PipelineMetrics:
         return lambda cause: children[cause].inc()
 
     def counter_for(self, stream: str, stage: str) -> Counter:
-        """The frame counter child of one stream and stage (look it up once, increment often)."""
-        return self.frames.labels(stream=stream, stage=stage)
+        """The stage-frame counter of one stream and stage (look it up once, increment often)."""
+        return self.stage_frames.labels(stream=stream, stage=stage)

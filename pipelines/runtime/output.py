@@ -29,7 +29,7 @@ from pipelines.publishers.message import (
 from pipelines.runtime.metrics import STAGES, PipelineMetrics
 from pipelines.runtime.queues import POLL_S, get
 from pipelines.runtime.stage import Stage
-from pipelines.runtime.stream_state import StateChange, StreamStates
+from pipelines.runtime.stream_state import FINAL_STATES, StateChange, StreamStates
 from pipelines.sources.config import SourceBase
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,12 @@ class OutputStage(Stage):
         self._postprocess = {stream: StreamPostprocess(config) for stream, config in sources.items()}
         self._suppressed: dict[str, int] = dict.fromkeys(streams, 0)  # classified, not published (on_change)
         self._states = states
-        self._metrics = metrics
         self._counters = {s: metrics.counter_for(s, "publish") for s in streams}
         self._end_to_end = {s: metrics.end_to_end_latency.labels(stream=s) for s in streams}
         self._stage_latency = {stage: metrics.stage_latency.labels(stage=stage) for stage in STAGES}
+        # Every stream's ends exist from the start, at 0: an end is then an increase that rate() and increase() see.
+        self._ends = {(s, state): metrics.streams_ended.labels(stream=s, state=state)
+                      for s in streams for state in FINAL_STATES}
         self.published: dict[str, int] = dict.fromkeys(streams, 0)  # also each stream's next seq
         self.incomplete: dict[str, str] = {}  # streams not read in full, and why
         self.completed = False  # every stream's end published: nothing read is left unpublished
@@ -133,7 +135,7 @@ class OutputStage(Stage):
         published = self.published[stream]
         log.info("stream %s: %s; %d of its %d frames published", stream, end.state, published, end.frames,
                  extra=stream_context(stream, seq=published - 1 if published else None))
-        self._metrics.streams_ended.labels(stream=stream).inc()
+        self._ends[(stream, end.state)].inc()
         detail = "; ".join(filter(None, (end.detail, f"{published} of {end.frames} frames published")))
         self._send(status_topic(stream), build_status_message(
             stream, end.state, end.previous_state, detail, time.time_ns(), self._run, frames=end.frames))

@@ -15,6 +15,7 @@ from pipelines.runtime.metrics import PipelineMetrics
 log = logging.getLogger(__name__)
 
 STATES = ("connecting", "running", "reconnecting", "ended", "failed")
+FINAL_STATES = ("ended", "failed")  # what a stream's EndOfStream says
 
 
 @dataclasses.dataclass(frozen=True)
