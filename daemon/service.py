@@ -110,10 +110,12 @@ class Daemon:
         self.engine = create_engine(cfg.engine, cfg.model.path, self.info, hooks)
         built = time.perf_counter()
         self._startup_step("warming up")
-        self.engine.check_output(self.info.num_classes)
-        for _ in range(cfg.engine.warmup_runs):  # a stop is taken between runs (one can take seconds on a CPU)
+        for run in range(cfg.engine.warmup_runs):  # a stop is taken between runs (one can take seconds on a CPU)
             self._raise_if_stop_requested()
-            self.engine.warmup(1)
+            if run == 0:  # the first run also checks the output: a model that fails fails here, not at a frame
+                self.engine.check_output(self.info.num_classes)
+            else:
+                self.engine.warmup(1)
         warmed = time.perf_counter()
         self._raise_if_stop_requested()
         facts = self.engine.describe()

@@ -23,7 +23,7 @@ def run_daemon(tmp_path: Path, daemon_process, env: dict[str, str]) -> str:
         daemon = daemon_process(daemon_config(SHAPES_MODEL, sources, zmq_port, 0, exit_when_done=True,
                                               engine='type = "onnxruntime"'), env=env).start()
         subscriber.receive_labels(FRAMES, timeout_s=60)
-        assert daemon.wait(60) == 0, daemon.stderr
+        assert daemon.wait(60) == 4, daemon.stderr  # done, but the camera given up on was not read in full
     finally:
         subscriber.close()
     return daemon.stderr

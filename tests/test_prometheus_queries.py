@@ -122,7 +122,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         yield Observed(
             metrics_port=metrics_port, targets=targets,
             ends_before=ends_before, ends_after=ends_after, ends_increase=ends_increase,
-            latencies_s=[message["latency_ms"]["total"] / 1000.0 for topic, message in labels if topic == "lobby"],
+            latencies_s=[message["latency_ms"]["total"] / 1000.0
+                         for topic, message in labels if topic == "label/lobby/"],
             prometheus_p90_s=float(p90["value"][1]), created_series=created, build_seconds=build_seconds,
             up_after_stop=up_after_stop, down_alert_after_stop=prometheus.query(down),
             alerts_after_stop=prometheus.alerts(), not_running_while_up=not_running_while_up,

@@ -31,7 +31,7 @@ from pipelines.runtime import Pipeline, PipelineMetrics
 from pipelines.runtime.config import PipelineConfig
 from pipelines.sources.config import FileSourceConfig
 from pipelines.sources.opencv import OpenCvSource
-from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
+from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port, solid_frames, write_video
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
 from tests.onnx_models import colour_model, colour_model_info
 from tests.source_tables import dead_stream, file_source
@@ -162,8 +162,7 @@ def test_a_model_that_does_not_fit_or_run_is_a_start_up_error_and_check_config_s
                      "mean and std must be finite numbers"),
         "more-labels-than-outputs": (patched_metadata(colour, tmp_path / "labels.onnx", "labels",
                                                       json.dumps(["red", "green", "blue", "white"])),
-                                     "the model's output has shape [4, 3] for a batch of 4, but its metadata "
-                                     "lists 4 labels"),
+                                     "the model outputs 3 scores a frame, but its metadata lists 4 labels"),
         "fails-when-run": (reshape_to_a_constant(tmp_path / "broken.onnx"), "the model fails when run"),
     }[case]
     video = h264(tmp_path / "cam.mp4", frames=10)
@@ -341,3 +340,52 @@ def test_idle_http_connections_cannot_exhaust_the_daemons_threads(tmp_path: Path
         poll(port, "/healthz", lambda status, body: answered.set() or status == 200, timeout_s=15)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.stderr
+
+
+def nan_for_bright_frames(path: Path) -> Path:
+    """Finite on zeros (start-up's check passes), NaN on a bright red frame: sqrt(0.5 - mean colour)."""
+    info = colour_model_info()
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+         helper.make_node("Sub", ["half", "flat"], ["margin"]),
+         helper.make_node("Sqrt", ["margin"], ["logits"])],
+        "nan", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, info.to_metadata_props())
+    onnx.save(model, str(path))
+    return path
+
+
+def test_nan_scores_never_reach_a_subscriber_and_the_failure_is_one_line(tmp_path: Path, daemon_process) -> None:
+    zmq_port = free_port()
+    video = write_video(tmp_path / "red.mp4", solid_frames([(230, 20, 20)] * 8))
+    config = daemon_config(nan_for_bright_frames(tmp_path / "nan.onnx"), {"cam": video}, zmq_port, free_port(), True,
+                           engine='type = "onnxruntime"')
+    with closing(Subscriber(f"tcp://127.0.0.1:{zmq_port}")) as subscriber:
+        daemon = daemon_process(config).start()
+        assert daemon.wait(60) == 1, daemon.stderr
+        subscriber.receive_until(lambda m: False, timeout_s=5, quiet_s=1.0)
+    assert subscriber.labels == [], "not one message with NaN in it"
+    (error,) = [line for line in daemon.stderr.splitlines() if line.startswith("nfnet-daemon: error:")]
+    assert "stage output failed: ValueError: Out of range float values are not JSON compliant" in error
+    assert "Traceback" not in daemon.stderr
+
+
+def test_nfnet_subscribe_reports_a_restart_not_a_gap(tmp_path: Path, daemon_process) -> None:
+    zmq_port = free_port()
+    client = subprocess.Popen([sys.executable, "-m", "tools.subscribe", "--endpoint", f"tcp://127.0.0.1:{zmq_port}",
+                               "--count", "6"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for attempt in ("first", "second"):
+            config = daemon_config(SHAPES_MODEL, file_source("cam", tmp_path / f"{attempt}.mp4", 3), zmq_port,
+                                   free_port(), True)
+            assert daemon_process(config, name=attempt).start().wait(60) == 0
+        _, err = client.communicate(timeout=60)
+    finally:
+        client.kill()
+    assert client.returncode == 0, err
+    assert "cam: test-box RESTARTED" in err and "GAP" not in err

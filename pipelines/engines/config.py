@@ -71,6 +71,9 @@ class EngineConfig(StrictModel):
         description="Frames per inference. Models exported with a static batch use theirs; "
                     "dynamic-batch models default to 4.",
     )
-    warmup_runs: int = Field(2, ge=0, le=100, description="Batches of zeros run before the daemon is ready.")
+    warmup_runs: int = Field(
+        2, ge=0, le=100,
+        description="Batches of zeros run before the daemon is ready; the first also checks the output (one finite "
+                    "score per label), so that a model that does not fit fails at start-up (0: neither).")
     onnxruntime: OnnxRuntimeOptions = OnnxRuntimeOptions()
     migraphx: MigraphxOptions = MigraphxOptions()

@@ -237,6 +237,10 @@ class OnnxRuntimeEngine(Engine):
                 f"{model_path}: graph input shape {model_input.shape} does not match the metadata's "
                 f"input_size {list(info.input_size)}"
             )
+        classes = outputs[0].shape[-1] if outputs[0].shape else None
+        if isinstance(classes, int) and classes != info.num_classes:
+            raise EngineError(f"{model_path}: the model outputs {classes} scores a frame, but its metadata lists "
+                              f"{info.num_classes} labels: re-export it with labels that match")
         static_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
         self.batch_size = resolve_batch(model_path, static_batch, config.batch_size)
         self._provider, provider_options = providers[0]
