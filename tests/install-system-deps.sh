@@ -2,10 +2,12 @@
 # System packages the tests need beyond pip: a real RTSP server (Debian's gst-rtsp-server, driven by the
 # system python3) for the live-source tests; promtool and the server (Debian's prometheus) to check the
 # metrics, the Prometheus config and the alert rules, and to run them against a daemon; systemd's
-# systemd-analyze to verify the service unit; ffmpeg, with which nfnet-ceiling makes its H.264 videos. Does
-# nothing when they are already installed.
+# systemd-analyze to verify the service unit, and systemd-nspawn (systemd-container) with python3-venv to
+# install and run it under a real systemd in a container booted from this machine's root; ffmpeg, with which
+# nfnet-ceiling and the reliability tests make H.264 videos. Does nothing when they are already installed.
 set -euo pipefail
-packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good prometheus systemd ffmpeg)
+packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good prometheus systemd
+          systemd-container python3-venv ffmpeg)
 if dpkg -s "${packages[@]}" >/dev/null 2>&1; then
     exit 0
 fi

@@ -1,6 +1,8 @@
 """systemd integration: the unit file verifies cleanly; a real daemon speaks sd_notify on a real socket
 (READY=1 only once it classifies, STATUS= lines, STOPPING=1, watchdog pings), and its watchdog pings stop
-when the engine hangs but go on while a source is legitimately reconnecting."""
+when the engine hangs but go on while a source is legitimately reconnecting. Where systemd-nspawn can boot a
+container, the service installed by the README's steps runs under a real systemd: start-up, groups, reload,
+stop, watchdog and `systemd-analyze security`."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,10 @@ from pipelines.runtime import PipelineConfig
 from pipelines.runtime.progress import ProgressTracker
 from tests.conftest import REPO, DaemonProcess, daemon_config, free_port, solid_frames, write_video
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
+from tests.nspawn import Container, ContainerUnavailable, unavailable_reason
 from tests.source_tables import dead_stream
 from tests.subscriber import Subscriber, scrape
+from tests.wheelhouse import WheelhouseError, build_wheelhouse
 
 UNIT = REPO / "systemd" / "nfnet-daemon.service"
 STALL_LOG = "no longer pinging systemd's watchdog"
@@ -281,3 +285,320 @@ def test_watchdog_pings_go_on_while_a_source_reconnects(tmp_path: Path, colour_m
     pings = [t for t in notify_socket.times("WATCHDOG=1") if t > reconnecting_at]
     assert largest_gap([reconnecting_at, *pings]) < watchdog_s, notify_socket.lines
     assert STALL_LOG not in daemon.stderr
+
+
+# -- the installed service under a real systemd -----------------------------------------------------------
+# This machine's root booted as a container by systemd-nspawn (tests/nspawn.py: copy-on-write in memory, its
+# own network namespace), the service installed in it by the README's steps and run by its systemd.
+
+EXPOSURE_LIMIT = 3.5  # `systemd-analyze security`'s overall exposure (0 safest, 10 unprotected); 3.2 today
+SOURCE_IN_BOX = "/srv/nfnet-test/source"
+WHEELS_IN_BOX = "/srv/nfnet-test/wheels"
+SERVICE = "nfnet-daemon"
+DROP_IN = f"/run/systemd/system/{SERVICE}.service.d/test.conf"
+ENV_FILE = "/etc/nfnet-stream/nfnet-daemon.env"
+# The container has no network: pip's own settings point it at the wheels of this environment's packages
+# (tests/wheelhouse.py), as on an offline box (README).
+PIP_OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS_IN_BOX, "PIP_CONFIG_FILE": "/dev/null",
+               "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+# The README's "edit it": the bundled model on the bundled demo video (240 frames, 9.6 s at its own pace), on
+# ROCm's `migraphx` found where the unit looks (PYTHONPATH=/opt/rocm/lib): the MIGraphX and HIP test doubles.
+BOX_CONFIG = """\
+[model]
+path = "/opt/nfnet-stream/tests/assets/shapes_nfnet.onnx"
+
+[engine]
+type = "auto"
+batch_size = 4
+
+[engine.migraphx]
+hip_library = "python:hip_runtime"
+
+[pipeline]
+top_k = 5
+exit_when_sources_end = false
+
+[[sources]]
+id = "demo"
+path = "/opt/nfnet-stream/tests/assets/demo_shapes.mp4"
+pace = true
+
+[publish.zmq]
+endpoint = "tcp://127.0.0.1:5555"
+
+[metrics]
+host = "127.0.0.1"
+port = 9108
+
+[logging]
+format = "text"
+"""
+
+
+def readme_service_steps() -> list[str]:
+    """The commands of the README's "Running as a service" block, without their comments."""
+    section = (REPO / "README.md").read_text().split("## Running as a service", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "README.md's 'Running as a service' has no sh block"
+    return [line.split(" #")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def readme_step(start: str) -> str:
+    """The README's step that begins with ``start``, as root runs it (no sudo in the container):
+    ``sudo -u USER command`` with runuser, ``sudo command`` as it is."""
+    steps = [step for step in readme_service_steps() if step.startswith(start)]
+    assert len(steps) == 1, f"{len(steps)} of the README's service steps begin {start!r}: {readme_service_steps()}"
+    step = steps[0]
+    as_user = re.match(r"sudo -u (\S+) (.*)", step)
+    return f"runuser -u {as_user[1]} -- {as_user[2]}" if as_user else step.removeprefix("sudo ")
+
+
+def exposure(analysis: str) -> float:
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", analysis)
+    assert match, analysis
+    return float(match.group(1))
+
+
+def test_unit_exposure_stays_low(tmp_path: Path) -> None:
+    """`systemd-analyze security` of the unit file as written (the container test checks the loaded unit)."""
+    unit = tmp_path / UNIT.name
+    unit.write_text(re.sub(r"^ExecStart=\S+", f"ExecStart={sys.executable}", UNIT.read_text(), count=1, flags=re.M))
+    result = systemd_analyze("security", "--offline=yes", "--no-pager", str(unit))
+    assert exposure(result.stdout) < EXPOSURE_LIMIT, result.stdout
+
+
+class ServiceBox:
+    """The container with the service installed, and what the tests ask of its systemd."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+
+    def run(self, command: str, check: bool = True, timeout_s: float = 120.0, env: dict[str, str] | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.container.run(command, check=check, timeout_s=timeout_s, env=env, input=input)
+
+    def show(self, *properties: str) -> dict[str, str]:
+        output = self.run(f"systemctl show {SERVICE} " + " ".join(f"-p {name}" for name in properties)).stdout
+        return dict(line.split("=", 1) for line in output.splitlines())
+
+    def cursor(self) -> str:
+        """Where the journal ends now: :meth:`journal` shows what comes after."""
+        output = self.run("journalctl --show-cursor -n 0 --quiet").stdout
+        return output.rsplit("-- cursor: ", 1)[1].strip()
+
+    def journal(self, after: str) -> str:
+        """The service's log and what systemd logged about it, since ``after``."""
+        return self.run(f"journalctl -u {SERVICE} -o cat --no-pager --after-cursor={after!r}").stdout
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str, after: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"no {what} within {timeout_s}s:\n{self.journal(after)}"
+            time.sleep(0.2)
+
+    def wait_for_log(self, text: str, after: str, timeout_s: float = 60.0) -> None:
+        self.wait_for(lambda: text in self.journal(after), timeout_s, repr(text), after)
+
+    def main_pid_groups(self) -> set[str]:
+        """The groups the running daemon has (its ``Groups:``, the user's own group among them), by name."""
+        pid = self.show("MainPID")["MainPID"]
+        assert pid != "0", self.run(f"systemctl status {SERVICE}", check=False).stdout
+        gids = re.search(r"^Groups:(.*)$", self.run(f"cat /proc/{pid}/status").stdout, re.M)
+        assert gids
+        names = self.run(f"getent group {gids.group(1)} | cut -d: -f1").stdout.split() if gids.group(1).strip() else []
+        return set(names)
+
+    def set_group(self, group: str, present: bool) -> None:
+        exists = self.run(f"getent group {group}", check=False).returncode == 0
+        if exists and not present:
+            self.run(f"groupdel {group}")
+        elif present and not exists:
+            self.run(f"groupadd --system {group}")
+
+    def start(self) -> None:
+        """Started and ready (a no-op if it is already), so that no test depends on another having run."""
+        if self.show("ActiveState")["ActiveState"] != "active":
+            self.run(f"systemctl start {SERVICE}", timeout_s=180)
+
+    def reset(self) -> None:
+        """Stopped, with no test settings left: no drop-in, the env file as installed."""
+        self.run(f"rm -f {DROP_IN} && cp /srv/nfnet-test/nfnet-daemon.env {ENV_FILE} && systemctl daemon-reload && "
+                 f"systemctl kill -s KILL {SERVICE} 2>/dev/null; systemctl stop {SERVICE}; "
+                 f"systemctl reset-failed {SERVICE} 2>/dev/null; true", timeout_s=120)
+
+    def drop_in(self, *settings: str) -> None:
+        """``[Service]`` settings over the installed unit's, until :meth:`reset`."""
+        self.run(f"mkdir -p {Path(DROP_IN).parent} && cat > {DROP_IN} && systemctl daemon-reload",
+                 input="\n".join(["[Service]", *settings, ""]))
+
+
+def install_in_container(box: ServiceBox, files: list[str]) -> None:
+    """This checkout in /opt/nfnet-stream (the README clones it there), ROCm's Python modules where a ROCm box
+    has them (the MIGraphX and HIP doubles), no render group; then the README's steps."""
+    box.run(f"mkdir /opt/nfnet-stream && tar -C {SOURCE_IN_BOX} --null -T - -cf - | tar -C /opt/nfnet-stream -xf -",
+            input="\0".join(files))
+    doubles = "/opt/nfnet-stream/tests/doubles"
+    box.run(f"install -d /opt/rocm/lib && cp -r {doubles}/migraphx {doubles}/hip_runtime.py {doubles}/device.py "
+            "/opt/rocm/lib/")
+    box.set_group("render", present=False)
+    box.run(readme_step("sudo /opt/nfnet-stream/systemd/install.sh") + " --extras onnxruntime", env=PIP_OFFLINE,
+            timeout_s=600)
+    box.run(f"cat > /etc/nfnet-stream/daemon.toml <<'EOF'\n{BOX_CONFIG}EOF\n"
+            f"install -d /srv/nfnet-test && cp {ENV_FILE} /srv/nfnet-test/nfnet-daemon.env")
+    checked = box.run(readme_step("sudo -u nfnet "), timeout_s=120).stdout
+    assert "engine   migraphx" in checked, checked
+
+
+def checkout_files() -> list[str]:
+    """The checkout's files as they are, committed or not (what `git clone` of a commit of them gives)."""
+    listing = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             capture_output=True, text=True, check=True).stdout
+    return [name for name in listing.split("\0") if name and (REPO / name).is_file()]
+
+
+@pytest.fixture(scope="module")
+def service_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceBox]:
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"cannot boot a systemd container here: {reason}")
+    work = tmp_path_factory.mktemp("service-box")
+    container = Container(work / "root", {REPO: SOURCE_IN_BOX})
+    try:
+        try:
+            container.boot()
+        except ContainerUnavailable as exc:
+            pytest.skip(f"systemd-nspawn cannot boot a container here: {exc}")
+        python = container.run("python3 -c 'import ensurepip, sys; print(*sys.version_info[:2])'", check=False)
+        if python.stdout.split() != [str(part) for part in sys.version_info[:2]]:
+            pytest.skip(f"the container's python3 cannot make a venv for this environment's wheels (Python "
+                        f"{sys.version_info[0]}.{sys.version_info[1]}): {python.stdout}{python.stderr}")
+        # Written straight into the container's memory: nothing of them stays on this machine's disk.
+        wheels = container.path(WHEELS_IN_BOX)
+        wheels.mkdir(parents=True)
+        try:
+            build_wheelhouse(REPO / "pyproject.toml", ["onnxruntime"], wheels)
+        except WheelhouseError as exc:
+            pytest.skip(f"cannot install the project offline in a container: {exc}")
+        box = ServiceBox(container)
+        install_in_container(box, checkout_files())
+        yield box
+    finally:
+        container.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_service_starts_without_a_render_group(service_box: ServiceBox) -> None:
+    """Issue 11, point 11: on a box with no render group (CPU-only, older ROCm) the installed unit starts, its
+    daemon in the groups the box has; the unit as it was (SupplementaryGroups=video render) fails there."""
+    box = service_box
+    box.reset()
+    box.set_group("render", present=False)
+    box.drop_in("SupplementaryGroups=video render")
+    mark = box.cursor()
+    assert box.run(f"systemctl start {SERVICE}", check=False).returncode != 0
+    assert "status=216/GROUP" in box.journal(mark)
+    box.reset()
+    mark = box.cursor()
+    box.run(readme_step("sudo systemctl enable --now"), timeout_s=180)
+    # Type=notify: the start returned only once the daemon said READY=1, after its "ready" line.
+    assert "ready: 1 stream(s)" in box.journal(mark)
+    state = box.show("ActiveState", "SubState", "StatusText", "NRestarts")
+    assert state["ActiveState"] == "active" and state["SubState"] == "running", state
+    assert state["StatusText"].startswith(("running: 1 stream", "idle: 1 stream")) and state["NRestarts"] == "0"
+    status = box.run(readme_step("systemctl status"), check=False).stdout
+    assert 'Status: "running: 1 stream' in status or 'Status: "idle: 1 stream' in status, status
+    assert "engine migraphx ready" in box.journal(mark)  # ROCm's migraphx, through the unit's PYTHONPATH
+    assert box.main_pid_groups() == {"nfnet", "video"}
+
+
+def test_service_joins_the_render_group_where_there_is_one(service_box: ServiceBox) -> None:
+    """Issue 11, point 11: on a ROCm box (a render group) the install puts the user in it and the daemon runs
+    with it."""
+    box = service_box
+    box.reset()
+    box.set_group("render", present=True)
+    try:
+        box.run(readme_step("sudo /opt/nfnet-stream/systemd/install.sh") + " --extras onnxruntime", env=PIP_OFFLINE,
+                timeout_s=600)
+        box.start()
+        assert box.main_pid_groups() == {"nfnet", "video", "render"}
+    finally:
+        box.reset()
+        box.set_group("render", present=False)
+
+
+def test_reload_rereads_the_configuration(service_box: ServiceBox) -> None:
+    """`systemctl reload` (ExecReload: SIGHUP to the main process) applies a live setting, same process."""
+    box = service_box
+    box.start()
+    pid = box.show("MainPID")["MainPID"]
+    box.run("sed -i 's/^top_k = 5$/top_k = 3/' /etc/nfnet-stream/daemon.toml")
+    try:
+        mark = box.cursor()
+        box.run(readme_step("sudo systemctl reload"))
+        box.wait_for_log("SIGHUP: configuration reloaded; applied:", mark, timeout_s=30)
+        assert "top_k" in box.journal(mark)
+        assert box.show("MainPID", "ActiveState") == {"MainPID": pid, "ActiveState": "active"}
+    finally:
+        box.run("sed -i 's/^top_k = 3$/top_k = 5/' /etc/nfnet-stream/daemon.toml")
+
+
+def test_stop_publishes_the_frames_in_flight_and_exits_0(service_box: ServiceBox) -> None:
+    box = service_box
+    box.reset()
+    box.start()
+    mark = box.cursor()
+    published = re.compile(r"running: 1 stream \(1 running\), (\d+) frames published")
+
+    def streaming() -> bool:  # mid-video: the source is still reading
+        match = published.match(box.show("StatusText")["StatusText"])
+        return match is not None and int(match.group(1)) >= 8
+    box.wait_for(streaming, 60, "frames published", mark)
+    before = int(published.match(box.show("StatusText")["StatusText"]).group(1))  # type: ignore[union-attr]
+    box.run(f"systemctl stop {SERVICE}", timeout_s=90)
+    log = box.journal(mark)
+    done = re.search(r"all streams done: demo=(\d+) published", log)
+    assert done and log.index("SIGTERM: stopping sources, publishing frames in flight") < done.start(), log
+    assert int(done.group(1)) >= before and "drain took longer" not in log and "aborting" not in log, log
+    # systemd's word on the exit (the unit's properties can be gone: an inactive unit nothing wants is unloaded):
+    # a main process that exits non-zero or is killed is logged as "Main process exited, code=..., status=...".
+    assert "nfnet-daemon.service: Deactivated successfully." in log and "Main process exited" not in log, log
+    assert box.show("ActiveState") == {"ActiveState": "inactive"}
+
+
+def test_watchdog_restarts_a_hung_engine(service_box: ServiceBox) -> None:
+    """The daemon's pings keep a healthy service up past WatchdogSec; an engine that stops finishing batches (the
+    HIP double's operations take 10 minutes) stops them, and systemd aborts the daemon (every thread's traceback
+    in the journal) and restarts it, healthy again once the hang is gone. WatchdogSec is shortened here."""
+    box = service_box
+    watchdog_s = 4
+    box.reset()
+    box.drop_in(f"WatchdogSec={watchdog_s}s", "LimitCORE=0")  # and no core dump of the aborted daemon
+    try:
+        box.start()
+        assert box.show("WatchdogUSec") == {"WatchdogUSec": f"{watchdog_s}s"}
+        pid = box.show("MainPID")["MainPID"]
+        time.sleep(2.5 * watchdog_s)
+        assert box.show("MainPID", "NRestarts", "ActiveState") == {"MainPID": pid, "NRestarts": "0",
+                                                                    "ActiveState": "active"}
+        box.run(f"cat >> {ENV_FILE}", input="HIP_DOUBLE_OP_DELAY_S=600\nNFNET_ENGINE__WARMUP_RUNS=0\n")
+        mark = box.cursor()
+        box.run(f"systemctl restart {SERVICE}", timeout_s=180)
+        timeout = f"Watchdog timeout (limit {watchdog_s}s)!"
+        box.wait_for_log(timeout, mark, timeout_s=60)
+        box.run(f"cp /srv/nfnet-test/nfnet-daemon.env {ENV_FILE}")  # before the restart, RestartSec=5s later
+        restarted = "Scheduled restart job, restart counter is at 1"
+        box.wait_for(lambda: "ready: 1 stream(s)" in box.journal(mark).partition(restarted)[2], 60,
+                     "ready daemon after the restart", mark)
+        log = box.journal(mark)
+        assert box.show("ActiveState", "NRestarts") == {"ActiveState": "active", "NRestarts": "1"}, log
+    finally:
+        box.reset()
+    assert STALL_LOG in log and log.index(STALL_LOG) < log.index(timeout) < log.index(restarted), log
+    assert "Failed with result 'watchdog'" in log and "status=6/ABRT" in log, log
+    assert "Fatal Python error: Aborted" in log and "most recent call first" in log, log
+
+
+def test_security_exposure_under_systemd(service_box: ServiceBox) -> None:
+    analysis = service_box.run(f"systemd-analyze security --no-pager {SERVICE}.service").stdout
+    assert exposure(analysis) < EXPOSURE_LIMIT, analysis
