@@ -32,7 +32,8 @@ from pipelines.publishers import Publisher, PublisherError, create_publishers
 from pipelines.publishers.message import RunIdentity
 from pipelines.publishers.zmq import ZmqPublisher
 from pipelines.runtime import Pipeline, PipelineMetrics
-from pipelines.sources import OpenCvSource, create_sources, is_live
+from pipelines.sources import OpenCvSource, SourceConfig, SourceError, create_sources, is_live
+from pipelines.sources.config import describe_source
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,26 @@ STUCK_SOURCE_S = 1.0
 class DaemonFailure(RuntimeError):
     """The daemon could not do its job once running (a stage failed, a drain was cut short); one line."""
 STARTUP_STATUS_EVERY_S = 5.0  # systemd status lines during a long start-up step (a compile)
+
+
+def open_sources(configs: list[SourceConfig], cfg: DaemonConfig) -> list[OpenCvSource]:
+    """The sources of ``configs`` (all or some of ``cfg``'s), checked, files opened: a file that cannot be read
+    is a configuration error, raised here (:class:`SourceError`; the others are closed). Live sources are
+    opened by their capture stage, which keeps retrying: a camera that is down must not stop the daemon
+    (nor the other streams)."""
+    sources = create_sources(configs, cfg.pipeline.decode_threads, among=cfg.sources)
+    try:
+        for source in sources:
+            source.check()
+            if not is_live(source.config):
+                source.open()
+                log.info("stream %s: opened %s", source.stream_id, describe_source(source.config),
+                         extra=stream_context(source.stream_id))
+    except SourceError:
+        for source in sources:
+            source.close()
+        raise
+    return sources
 
 
 class Daemon:
@@ -132,15 +153,7 @@ class Daemon:
 
         self._raise_if_stop_requested()
         self._startup_step("opening the sources")
-        self.sources = create_sources(cfg.sources, cfg.pipeline.decode_threads)
-        for source, source_config in zip(self.sources, cfg.sources, strict=True):
-            source.check()
-            if not is_live(source_config):  # a file that cannot be read is a configuration error: fail now
-                source.open()
-                log.info("stream %s: opened %s", source.stream_id, source_config.path,
-                         extra=stream_context(source.stream_id))
-            # Live sources are opened by their capture stage, which keeps retrying: a camera that is
-            # down at start-up must not stop the daemon (nor the other streams).
+        self.sources = open_sources(cfg.sources, cfg)
 
         self.pipeline = Pipeline(self.sources, self.engine, self.info, self.publishers, identity,
                                  self.run_identity, cfg.pipeline, self.metrics)
@@ -157,6 +170,7 @@ class Daemon:
         drain_deadline: float | None = None
         idle_announced = False
         while True:
+            pipeline.tick(STUCK_SOURCE_S)
             while self._signals:
                 signum = self._signals.pop(0)
                 if signum == signal.SIGHUP:
@@ -182,14 +196,14 @@ class Daemon:
                 if drain_deadline is not None:
                     log.info("all streams done: %s", self._published_summary())
                     return EXIT_OK
-                if cfg.exit_when_sources_end:
-                    log.info("all streams done: %s", self._published_summary())
-                    return self._finished_code()
+                log.info("all streams done: %s", self._published_summary())
+                return self._finished_code()
+            if pipeline.idle and drain_deadline is None and not cfg.exit_when_sources_end:
                 if not idle_announced:
                     log.info("all streams ended (%s); staying up until stopped", self._published_summary())
                     idle_announced = True
-                for publisher in self.publishers:  # the output stage has ended: late joiners are served here
-                    publisher.serve()
+            else:
+                idle_announced = False
             if drain_deadline is not None and time.monotonic() > drain_deadline:
                 pipeline.abort()
                 raise DaemonFailure(f"the drain took longer than pipeline.drain_timeout_s = {cfg.drain_timeout_s}s; "
@@ -266,15 +280,32 @@ class Daemon:
                     log.error("SIGHUP: CURVE keys not reloaded, keeping those in force: %s", exc)
         if self._reload_config is None:
             return
+        if self.pipeline.stopping:
+            log.warning("SIGHUP: the daemon is stopping; configuration not reloaded")
+            return
         try:
             new = self._reload_config()
-        except ConfigError as exc:
+            failed = [stream for stream, change in self.pipeline.states.latest().items()
+                      if change is not None and change.state == "failed"]
+            plan = plan_reload(self.config, new, failed)
+            # Every new source is checked (a file opened) before anything changes: all of the file or none.
+            opened = open_sources(plan.sources.to_open, new)
+        except (ConfigError, SourceError) as exc:
             log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", exc)
             return
-        plan = plan_reload(self.config, new)
         self.config = plan.effective
         configure_logging(self.config.logging.level, self.config.logging.format)
-        self.pipeline.output.reconfigure(self.config.pipeline.top_k, {s.id: s for s in self.config.sources})
+        self.pipeline.configure_output(self.config.pipeline.top_k)
+        for stream in plan.sources.removed:
+            self.pipeline.remove_stream(stream)
+        for source_config in plan.sources.updated:
+            self.pipeline.update_stream(source_config)
+        restarted = {config.id for config in plan.sources.restarted}
+        for source in opened:
+            if source.stream_id in restarted:
+                self.pipeline.restart_stream(source)
+            else:
+                self.pipeline.add_stream(source)
         log.info("SIGHUP: configuration reloaded; %s", "applied: " + "; ".join(plan.applied) if plan.applied
                  else "no live setting changed")
         if plan.needs_restart:
@@ -296,7 +327,8 @@ class Daemon:
 
     def _published_summary(self) -> str:
         assert self.pipeline is not None
-        return ", ".join(f"{stream}={count} published" for stream, count in self.pipeline.output.published.items())
+        return ", ".join(f"{stream}={count} published"
+                         for stream, count in self.pipeline.output.published_counts().items())
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -24,12 +24,13 @@ STATUS_EVERY_S = 1.0  # at most one running-status update a second
 
 def describe(pipeline: Pipeline, draining: bool) -> str:
     """``running: 3 streams (2 running, 1 reconnecting), 1234 frames published``."""
-    published = pipeline.output.published
-    states = Counter(pipeline.states.get(stream) or "connecting" for stream in published)
-    phase = "draining" if draining else "idle" if pipeline.finished else "running"
+    latest = pipeline.states.latest()
+    states = Counter(change.state if change else "connecting" for change in latest.values())
+    phase = "draining" if draining else "idle" if pipeline.idle or pipeline.finished else "running"
     breakdown = ", ".join(f"{states[state]} {state}" for state in STATES if states[state])
-    plural = "" if len(published) == 1 else "s"
-    return f"{phase}: {len(published)} stream{plural} ({breakdown}), {sum(published.values())} frames published"
+    plural = "" if len(latest) == 1 else "s"
+    published = sum(pipeline.output.published_counts().values())
+    return f"{phase}: {len(latest)} stream{plural} ({breakdown}), {published} frames published"
 
 
 class SystemdReporter:

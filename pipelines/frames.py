@@ -55,3 +55,4 @@ class EndOfStream:
     previous_state: str | None = None
     detail: str = ""  # why it failed, or what was missing (published in the final status message)
     complete: bool = True  # False: not read in full (failed, undecodable frames, shorter than declared)
+    removed: bool = False  # its stream was removed from the configuration: gone, not only ended

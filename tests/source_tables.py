@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +32,19 @@ open_timeout_s = 2.0
 base_s = 0.2
 cap_s = 0.5
 {attempts}"""
+
+
+def source_table(stream_id: str, **fields: object) -> str:
+    """A ``[[sources]]`` table: ``fields`` as TOML values, a dict as a sub-table (``roi``, ``reconnect``)."""
+    scalars = "".join(f"{key} = {_toml(value)}\n" for key, value in fields.items() if not isinstance(value, dict))
+    tables = "".join(f"[sources.{key}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in value.items())
+                     for key, value in fields.items() if isinstance(value, dict))
+    return f'\n[[sources]]\nid = "{stream_id}"\n{scalars}{tables}'
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string

@@ -42,6 +42,17 @@ def test_latency_benchmark_reports_percentiles_per_load() -> None:
         assert row["frames_accounted"] == row["frames_offered"], "every frame published or counted as dropped"
 
 
+def test_latency_benchmark_with_a_stream_added_and_removed_meanwhile() -> None:
+    result = subprocess.run([sys.executable, "-m", "tools.latency_bench", "--seconds", "3", "--loads", "0.5",
+                             "--size", "160x120", "--streams", "2", "--churn-every", "0.5", "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)["results"]
+    assert row["reloads"] >= 4, "the extra stream came and went"
+    assert row["frames_accounted"] == row["frames_offered"], "the steady streams' frames all accounted for"
+    assert 0 < row["latency_ms_p50"] <= row["latency_ms_p99"]
+
+
 def test_engine_rate_keeps_distinct_buffers_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the MIGraphX double (two submissions in flight) the engine-alone rate submits each buffer again only
     after its result: re-submitting one in flight is refused by the engine (and a data race on a GPU)."""

@@ -71,6 +71,13 @@ def test_absolute_paths_stay(tmp_path: Path) -> None:
      "publish.zmq.endpoint: Value error, port 99999 is not in 1-65535 (or * for any free port)"),
     (MINIMAL + "\n[publish.zmq]\nendpoint = \"udp://1.2.3.4:5\"\n",
      "publish.zmq.endpoint: Value error, expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"),
+    # A region of interest: whole pixels, or fractions within the frame.
+    (MINIMAL.replace('id = "cam1"', 'id = "cam1"\nroi = { x = 0.5, width = 100, height = 100 }'),
+     "sources[0].roi: Value error, an ROI in pixels needs whole numbers"),
+    (MINIMAL.replace('id = "cam1"', 'id = "cam1"\nroi = { x = 0.5, width = 0.6, height = 1, units = "fraction" }'),
+     "sources[0].roi: Value error, an ROI in fractions must lie within the frame"),
+    (MINIMAL.replace('id = "cam1"', 'id = "cam1"\nroi = { width = 0, height = 10 }'),
+     "sources[0].roi.width: Input should be greater than 0"),
 ])
 def test_invalid_configs_say_what_and_where(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)

@@ -120,16 +120,21 @@ def test_a_forwarder_merges_a_fleet_on_one_endpoint(tmp_path: Path, daemon_proce
         [("box2-door", "ended", True, "box2")], "the late joiner's replay comes from the daemon that owns the stream"
 
 
-def subscribe(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tools.subscribe", "--json", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def subscribe(*args: str) -> tuple[int, str, str]:
+    """Run ``nfnet-subscribe --json ARGS`` to its end (killed after 60 s); its exit code, stdout and stderr."""
+    client = subprocess.Popen([sys.executable, "-m", "tools.subscribe", "--json", *args], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = client.communicate(timeout=60)
+    finally:
+        client.kill()
+    return client.returncode, out, err
 
 
 def test_nfnet_subscribe_takes_a_fleets_endpoints(tmp_path: Path, daemon_process) -> None:
     daemons = fleet(daemon_process, tmp_path)
-    client = subscribe("--count", "10", *(arg for _, endpoint in daemons for arg in ("--endpoint", endpoint)))
-    out, err = client.communicate(timeout=60)
-    assert client.returncode == 0, err
+    code, out, err = subscribe("--count", "10", *(arg for _, endpoint in daemons for arg in ("--endpoint", endpoint)))
+    assert code == 0, err
     messages = [json.loads(line) for line in out.splitlines()]
     for box in ("box1", "box2"):
         assert [m["seq"] for m in messages if m["type"] == "label" and m["instance"] == box] == list(range(5))
@@ -138,7 +143,6 @@ def test_nfnet_subscribe_takes_a_fleets_endpoints(tmp_path: Path, daemon_process
 
 def test_nfnet_subscribe_refuses_one_stream_id_from_two_daemons(tmp_path: Path, daemon_process) -> None:
     daemons = [start(daemon_process, tmp_path, {"door": 5}, instance=box) for box in ("box1", "box2")]
-    client = subscribe("--count", "10", *(arg for _, endpoint in daemons for arg in ("--endpoint", endpoint)))
-    _, err = client.communicate(timeout=60)
-    assert client.returncode == 1
+    code, _, err = subscribe("--count", "10", *(arg for _, endpoint in daemons for arg in ("--endpoint", endpoint)))
+    assert code == 1
     assert "stream 'door' comes from two daemons" in err and "unique across the fleet" in err

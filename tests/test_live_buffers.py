@@ -33,9 +33,9 @@ def test_backoff_grows_exponentially_to_the_cap_with_jitter() -> None:
 def test_live_stream_drops_the_oldest_when_full_and_counts_it() -> None:
     drops: list[str] = []
     mux, abort = FrameMux(), threading.Event()
-    mux.add_stream("cam", capacity=2, live=True, max_age_s=10.0, drop=drops.append)
+    cam = mux.add_stream("cam", capacity=2, live=True, max_age_s=10.0, drop=drops.append)
     for index in range(5):
-        assert mux.put("cam", frame("cam", index), abort)
+        assert mux.put(cam, frame("cam", index), abort)
     assert drops == ["queue_full"] * 3
     assert [mux.get(abort, 0).index for _ in range(2)] == [3, 4]  # the newest survive
     assert mux.get(abort, 0.01) is None
@@ -44,9 +44,9 @@ def test_live_stream_drops_the_oldest_when_full_and_counts_it() -> None:
 def test_stale_live_frames_are_dropped_when_their_turn_comes() -> None:
     drops: list[str] = []
     mux, abort = FrameMux(), threading.Event()
-    mux.add_stream("cam", capacity=4, live=True, max_age_s=0.2, drop=drops.append)
-    mux.put("cam", frame("cam", 0, age_s=1.0), abort)
-    mux.put("cam", frame("cam", 1), abort)
+    cam = mux.add_stream("cam", capacity=4, live=True, max_age_s=0.2, drop=drops.append)
+    mux.put(cam, frame("cam", 0, age_s=1.0), abort)
+    mux.put(cam, frame("cam", 1), abort)
     assert mux.get(abort, 0).index == 1
     assert drops == ["stale"]
 
@@ -54,8 +54,8 @@ def test_stale_live_frames_are_dropped_when_their_turn_comes() -> None:
 def test_file_stream_waits_for_room_and_loses_nothing() -> None:
     drops: list[str] = []
     mux, abort = FrameMux(), threading.Event()
-    mux.add_stream("file", capacity=2, live=False, max_age_s=0.001, drop=drops.append)
-    producer = threading.Thread(target=lambda: [mux.put("file", frame("file", i, age_s=5.0), abort)
+    file = mux.add_stream("file", capacity=2, live=False, max_age_s=0.001, drop=drops.append)
+    producer = threading.Thread(target=lambda: [mux.put(file, frame("file", i, age_s=5.0), abort)
                                                 for i in range(50)])
     producer.start()
     time.sleep(0.05)
@@ -67,28 +67,41 @@ def test_file_stream_waits_for_room_and_loses_nothing() -> None:
 
 def test_end_of_stream_is_never_evicted_and_comes_last() -> None:
     mux, abort = FrameMux(), threading.Event()
-    mux.add_stream("cam", capacity=1, live=True, max_age_s=10.0, drop=lambda cause: None)
-    mux.put("cam", frame("cam", 0), abort)
-    mux.put("cam", EndOfStream("cam", 1), abort)
-    mux.put("cam", frame("cam", 2), abort)  # evicts frame 0, not the marker
+    cam = mux.add_stream("cam", capacity=1, live=True, max_age_s=10.0, drop=lambda cause: None)
+    mux.put(cam, frame("cam", 0), abort)
+    mux.put(cam, EndOfStream("cam", 1), abort)
+    mux.put(cam, frame("cam", 2), abort)  # evicts frame 0, not the marker
     assert isinstance(mux.get(abort, 0), EndOfStream)
 
 
 def test_streams_are_served_round_robin() -> None:
     mux, abort = FrameMux(), threading.Event()
-    for stream in ("a", "b", "c"):
-        mux.add_stream(stream, capacity=10, live=False, max_age_s=1.0, drop=lambda cause: None)
+    a, b, c = (mux.add_stream(stream, capacity=10, live=False, max_age_s=1.0, drop=lambda cause: None)
+               for stream in ("a", "b", "c"))
     for index in range(3):
-        mux.put("a", frame("a", index), abort)
-    mux.put("b", frame("b", 0), abort)
-    mux.put("c", frame("c", 0), abort)
+        mux.put(a, frame("a", index), abort)
+    mux.put(b, frame("b", 0), abort)
+    mux.put(c, frame("c", 0), abort)
     order = [mux.get(abort, 0).stream_id for _ in range(5)]
     assert order == ["a", "b", "c", "a", "a"]
 
 
 def test_abort_releases_a_waiting_file_producer() -> None:
     mux, abort = FrameMux(), threading.Event()
-    mux.add_stream("file", capacity=1, live=False, max_age_s=1.0, drop=lambda cause: None)
-    mux.put("file", frame("file", 0), abort)
+    file = mux.add_stream("file", capacity=1, live=False, max_age_s=1.0, drop=lambda cause: None)
+    mux.put(file, frame("file", 0), abort)
     threading.Timer(0.05, abort.set).start()
-    assert mux.put("file", frame("file", 1), abort) is False
+    assert mux.put(file, frame("file", 1), abort) is False
+
+
+def test_a_stream_registered_again_waits_for_its_predecessors_end() -> None:
+    """A restarted stream (new settings) gets a new buffer; its frames never overtake the old one's."""
+    mux, abort = FrameMux(), threading.Event()
+    old = mux.add_stream("cam", capacity=10, live=False, max_age_s=1.0, drop=lambda cause: None)
+    mux.put(old, frame("cam", 7), abort)
+    new = mux.add_stream("cam", capacity=10, live=False, max_age_s=1.0, drop=lambda cause: None)
+    mux.put(new, frame("cam", 0), abort)
+    mux.put(old, EndOfStream("cam", 8), abort)
+    taken = [mux.get(abort, 0) for _ in range(3)]
+    assert [getattr(item, "index", "end") for item in taken] == [7, "end", 0]
+    assert mux.get(abort, 0.01) is None and mux.depth() == 0

@@ -10,7 +10,8 @@ import timm.data
 
 from pipelines.model_info import ModelInfo, WeightSource
 from pipelines.preprocess import BufferPool, FrameShrinker, Normaliser, Preprocessor, plan_resize
-from pipelines.preprocess.transform import FrameFormatError, halvings
+from pipelines.preprocess.transform import FrameFormatError, RoiError, halvings
+from pipelines.sources.config import RoiConfig
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -156,3 +157,22 @@ def test_shrinker_gives_planar_rgb_in_the_models_geometry_and_normaliser_fills_a
                                rtol=1e-6)
     with pytest.raises(FrameFormatError, match=r"expected pixels and a row of shape \(3, 64, 64\)"):
         Normaliser(info)(pixels[:, :32], row)
+
+
+@pytest.mark.parametrize("roi", [
+    RoiConfig(x=320, y=90, width=640, height=360),
+    RoiConfig(x=0.25, y=0.125, width=0.5, height=0.5, units="fraction"),
+])
+def test_a_region_of_interest_is_shrunk_as_if_it_were_the_frame(roi: RoiConfig) -> None:
+    info = info_for((64, 64), 0.875)
+    frame = cv2.cvtColor(natural_image(720, 1280), cv2.COLOR_RGB2BGR)
+    region = frame[90:450, 320:960]
+    np.testing.assert_array_equal(FrameShrinker(info, roi)(frame), FrameShrinker(info)(region))
+
+
+def test_a_region_of_interest_that_does_not_fit_the_frame_says_so() -> None:
+    shrink = FrameShrinker(info_for((64, 64), 1.0), RoiConfig(x=1200, y=0, width=100, height=100))
+    with pytest.raises(RoiError, match=r"the region of interest x=1200..1300, y=0..100 does not fit a 1280x720 frame"):
+        shrink(np.zeros((720, 1280, 3), dtype=np.uint8))
+    shrink.roi = RoiConfig(x=0.5, width=0.5, height=1.0, units="fraction")  # replaced while frames flow
+    assert shrink(np.zeros((720, 1280, 3), dtype=np.uint8)).shape == (3, 64, 64)

@@ -31,21 +31,47 @@ def test_live_settings_are_applied_and_the_rest_waits_for_a_restart() -> None:
                  engine__batch_size=8, sources__0__buffer_frames=4)
     plan = plan_reload(current, new)
     assert plan.applied == ["logging.format: 'text' -> 'json'", "pipeline.top_k: 5 -> 2",
-                            "sources[0].min_score: 0.0 -> 0.3", "sources[1].smoothing: 0.0 -> 0.5"]
-    assert plan.needs_restart == ["engine.batch_size: None -> 8", "sources[0].buffer_frames: 2 -> 4"]
+                            "sources[a] updated: buffer_frames: 2 -> 4; min_score: 0.0 -> 0.3",
+                            "sources[b] updated: smoothing: 0.0 -> 0.5"]
+    assert plan.needs_restart == ["engine.batch_size: None -> 8"]
+    assert [s.id for s in plan.sources.updated] == ["a", "b"] and not plan.sources.to_open
     assert plan.effective.pipeline.top_k == 2 and plan.effective.sources[1].smoothing == 0.5
-    assert plan.effective.engine.batch_size is None and plan.effective.sources[0].buffer_frames == 2
+    assert plan.effective.engine.batch_size is None and plan.effective.sources[0].buffer_frames == 4
     assert plan_reload(plan.effective, new).applied == [], "applying twice changes nothing more"
 
 
-def test_changed_sources_need_a_restart_and_keep_their_settings() -> None:
-    current = config()
+def test_sources_are_matched_by_id_added_removed_restarted_or_updated_in_place() -> None:
+    current = DaemonConfig.model_validate({"model": {"path": "m.onnx"}, "sources": [
+        {"id": "a", "path": "a.mp4"}, {"id": "b", "path": "b.mp4"}, {"id": "c", "type": "stream",
+                                                                       "url": "rtsp://cam/1"}]})
     new = DaemonConfig.model_validate({"model": {"path": "m.onnx"}, "sources": [
-        {"id": "a", "path": "a.mp4", "smoothing": 0.5}, {"id": "c", "path": "c.mp4"}]})
+        {"id": "d", "path": "d.mp4"},
+        {"id": "c", "type": "stream", "url": "rtsp://cam/1", "fps_cap": 5,
+         "roi": {"x": 0.5, "width": 0.5, "height": 1, "units": "fraction"}},
+        {"id": "a", "path": "a2.mp4"}]})
     plan = plan_reload(current, new)
-    assert plan.applied == []
-    assert plan.needs_restart[-1] == "sources (added, removed or reordered: a, b -> a, c)"
-    assert plan.effective.sources == current.sources
+    assert [s.id for s in plan.sources.added] == ["d"] and plan.sources.removed == ["b"]
+    assert [s.id for s in plan.sources.restarted] == ["a"] and [s.id for s in plan.sources.updated] == ["c"]
+    assert [s.id for s in plan.sources.to_open] == ["d", "a"]
+    assert plan.applied[:2] == ["sources[d]: added", "sources[b]: removed"]
+    assert plan.applied[2].startswith("sources[c] updated: fps_cap: None -> 5.0; roi.height: None -> 1.0;")
+    assert plan.applied[3].startswith("sources[a] restarted: path: ") and plan.needs_restart == []
+    assert plan.effective.sources == new.sources
+    reordered = new.model_copy(update={"sources": list(reversed(new.sources))})
+    assert plan_reload(plan.effective, reordered).applied == [], "the order of the sources is no change"
+
+
+def test_what_is_opened_restarts_a_stream_and_a_failed_stream_restarts_on_any_change() -> None:
+    def camera(**fields: object) -> DaemonConfig:
+        return DaemonConfig.model_validate({"model": {"path": "m.onnx"}, "sources": [
+            {"id": "c", "type": "stream", "url": "rtsp://cam/1", **fields}]})
+
+    current = camera()
+    for change in ({"open_timeout_s": 3.0}, {"reconnect": {"stall_timeout_s": 2.0}}, {"url": "rtsp://cam/2"}):
+        assert [s.id for s in plan_reload(current, camera(**change)).sources.restarted] == ["c"], change
+    for change in ({"reconnect": {"max_attempts": 3}}, {"interval": 2}, {"max_frame_age_ms": 100.0}):
+        assert [s.id for s in plan_reload(current, camera(**change)).sources.updated] == ["c"], change
+        assert [s.id for s in plan_reload(current, camera(**change), failed=["c"]).sources.restarted] == ["c"]
 
 
 def test_sighup_reloads_a_running_daemon(tmp_path: Path, daemon_process) -> None:
@@ -64,7 +90,7 @@ def test_sighup_reloads_a_running_daemon(tmp_path: Path, daemon_process) -> None
                                  .replace("# live settings", "min_score = 0.2"))
         daemon.signal(signal.SIGHUP)
         daemon.wait_for_log("SIGHUP: these changes need a restart and were not applied: engine.batch_size: 1 -> 2")
-        assert "applied: pipeline.top_k: 1 -> 3; sources[0].min_score: 0.0 -> 0.2" in daemon.stderr
+        assert "applied: pipeline.top_k: 1 -> 3; sources[yard] updated: min_score: 0.0 -> 0.2" in daemon.stderr
         published = len(subscriber.labels)
         subscriber.receive_labels(published + 10, timeout_s=60)
         assert len(subscriber.labels[-1][1]["top_k"]) == 3

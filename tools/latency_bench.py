@@ -8,6 +8,11 @@ frames/s, what the paced readers managed to read and what was classified, the sh
 latency percentiles (capture start → publish) against one batch's inference time in the same run (the
 bound the daemon aims for: p99 within about 3 inference times), and how the process's resident memory
 moved between the daemon being ready and the end of the run.
+
+With ``--churn-every S`` one more paced stream, at a fifth of a steady stream's rate (so that the load
+stays nearly the same), is added and removed again every S seconds by a reload (SIGHUP) during each run:
+the figures, which cover the ``--streams`` steady streams only, then show what streams coming and going
+cost the others.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import logging
 import resource
+import signal
 import socket
 import tempfile
 import threading
@@ -50,6 +56,7 @@ class LoadResult:
     inference_ms_p50: float  # one batch's inference time, as the frames saw it
     rss_mb: float  # resident memory once the daemon was ready
     rss_growth_mb: float  # from then to the end of the run
+    reloads: int  # with churn: reloads during the run (each adds or removes the extra stream)
 
 
 def free_port() -> int:
@@ -86,25 +93,42 @@ def _collect(endpoint: str, stop: threading.Event, into: list[dict[str, Any]]) -
     subscriber.close()
 
 
+CHURN_ID = "churn"  # the stream added and removed during a run with churn
+
+
+def _churn(daemon: Daemon, every_s: float, stop: threading.Event, reloads: list[int]) -> None:
+    """Every ``every_s``: a SIGHUP, which adds the extra stream or removes it again (see ``run_load``)."""
+    daemon.ready.wait()
+    while not stop.wait(every_s):
+        reloads.append(1)  # first: the reload reads how many there were
+        daemon.request_stop(signal.SIGHUP)
+
+
 def run_load(model: Path, engine: EngineConfig, video: Path, frames: int, streams: int, load: float,
-             offered_fps: float, port: int) -> LoadResult:
-    config = DaemonConfig.model_validate({
+             offered_fps: float, port: int, churn: tuple[Path, float] | None = None) -> LoadResult:
+    """One load's run; ``churn``: a video to add as a stream and remove again every so many seconds."""
+    steady = [{"id": f"cam{i}", "path": str(video), "pace": True} for i in range(streams)]
+    configs = [DaemonConfig.model_validate({
         "model": {"path": str(model)},
         "engine": engine.model_dump(mode="json"),
-        "sources": [{"id": f"cam{i}", "path": str(video), "pace": True} for i in range(streams)],
+        "sources": sources,
         "publish": {"zmq": {"endpoint": f"tcp://127.0.0.1:{port}", "wait_for_subscribers": 1}},
         "metrics": {"enabled": False},
         "pipeline": {"exit_when_sources_end": True},
-    })
+        "logging": {"level": "warning"},
+    }) for sources in (steady, [*steady, {"id": CHURN_ID, "path": str(churn[0] if churn else video), "pace": True}])]
+    reloaded: list[int] = []
     messages: list[dict[str, Any]] = []
     stop = threading.Event()
     collector = threading.Thread(target=_collect, args=(f"tcp://127.0.0.1:{port}", stop, messages))
     collector.start()
-    daemon = Daemon(config)
+    daemon = Daemon(configs[0], reload=lambda: configs[len(reloaded) % 2])
     memory: list[float] = []
     ready_at: list[float] = []
     sampler = threading.Thread(target=_sample_memory, args=(daemon, stop, memory, ready_at), daemon=True)
     sampler.start()
+    if churn:
+        threading.Thread(target=_churn, args=(daemon, churn[1], stop, reloaded), daemon=True).start()
     code = daemon.run()
     elapsed = time.perf_counter() - ready_at[0]
     stop.set()
@@ -115,8 +139,9 @@ def run_load(model: Path, engine: EngineConfig, video: Path, frames: int, stream
     dropped: dict[str, float] = {}
     for metric in daemon.metrics.dropped.collect():  # one sample per (stream, cause): add the streams up
         for sample in metric.samples:
-            if sample.name.endswith("_total"):
+            if sample.name.endswith("_total") and sample.labels["stream"] != CHURN_ID:
                 dropped[sample.labels["cause"]] = dropped.get(sample.labels["cause"], 0.0) + sample.value
+    messages = [m for m in messages if m["stream_id"] != CHURN_ID]
     totals = np.array([m["latency_ms"]["total"] for m in messages])
     inference = np.array([m["latency_ms"]["inference"] for m in messages])
     read = len(messages) + sum(dropped.values())
@@ -132,6 +157,7 @@ def run_load(model: Path, engine: EngineConfig, video: Path, frames: int, stream
         inference_ms_p50=round(float(np.percentile(inference, 50)), 1),
         rss_mb=round(memory[0], 1) if memory else 0.0,
         rss_growth_mb=round(memory[-1] - memory[0], 1) if memory else 0.0,
+        reloads=len(reloaded),
     )
 
 
@@ -146,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loads", default="0.5,1,3", help="comma-separated multiples of the capacity")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load's run")
     parser.add_argument("--size", default="640x480", help="frame WIDTHxHEIGHT")
+    parser.add_argument("--churn-every", type=float, metavar="S",
+                        help="add and remove one more stream every S seconds (by reload) during each run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -163,12 +191,18 @@ def main(argv: list[str] | None = None) -> int:
             video = Path(scratch) / f"load-{load}.mp4"
             frames = max(10, round(per_stream_fps * args.seconds))
             make_video(video, frames, 10, (height, width), per_stream_fps, seed=2)
+            churn = None
+            if args.churn_every:
+                churn_fps = max(1.0, round(per_stream_fps / 5, 1))
+                churn = (Path(scratch) / f"churn-{load}.mp4", args.churn_every)
+                make_video(churn[0], max(10, round(churn_fps * args.seconds)), 10, (height, width), churn_fps, seed=3)
             results.append(run_load(args.model, engine, video, frames, args.streams, load,
-                                    per_stream_fps * args.streams, free_port()))
+                                    per_stream_fps * args.streams, free_port(), churn))
     if args.json:
         print(json.dumps({"capacity_fps": capacity, "streams": args.streams, "results": [asdict(r) for r in results]}))
         return 0
-    print(f"capacity {capacity:.1f} frames/s ({args.model.name}, {args.streams} stream(s), {width}x{height})")
+    churn = f", one more added and removed every {args.churn_every:g}s" if args.churn_every else ""
+    print(f"capacity {capacity:.1f} frames/s ({args.model.name}, {args.streams} stream(s){churn}, {width}x{height})")
     print(f"{'load':>5} {'offered':>8} {'read':>6} {'classified':>10} {'dropped':>8} {'p50 ms':>7} {'p90 ms':>7} "
           f"{'p99 ms':>7} {'infer ms':>8} {'p99/inf':>7} {'RSS MB':>7} {'growth':>7}")
     for r in results:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from pipelines.model_info import ModelInfo
+from pipelines.sources.config import RoiConfig
 
 _INTERPOLATION = {
     "nearest": cv2.INTER_NEAREST_EXACT,  # samples pixel centres like PIL
@@ -74,8 +75,15 @@ def halvings(frame_hw: tuple[int, int], resize_hw: tuple[int, int]) -> list[tupl
     return steps
 
 
+class RoiError(ValueError):
+    """A region of interest that does not fit the frame it is applied to."""
+
+
 class FrameShrinker:
     """A decoded BGR frame → the model's pixels: timm's eval geometry, RGB, planar ``(3, H, W)`` uint8.
+
+    With a region of interest only that rectangle of the frame is used (a view, no copy), before the
+    model's resize and crop; it can be replaced while frames flow (``roi``, set from another thread).
 
     Runs in each stream's capture thread, right after decoding, so that streams shrink their frames in
     parallel and buffered frames are small (196 kB at 256 x 256 instead of 6 MB at 1080p). Shrinking is a
@@ -85,11 +93,12 @@ class FrameShrinker:
     Enlarging uses the model's interpolation; ``nearest`` models are resized in one step.
     """
 
-    def __init__(self, info: ModelInfo) -> None:
+    def __init__(self, info: ModelInfo, roi: RoiConfig | None = None) -> None:
         self._info = info
         self._interpolation = _INTERPOLATION[info.interpolation]
         self._nearest = info.interpolation == "nearest"
         self._plans: dict[tuple[int, int], ResizePlan] = {}
+        self.roi = roi
 
     def plan_for(self, frame_hw: tuple[int, int]) -> ResizePlan:
         plan = self._plans.get(frame_hw)
@@ -102,11 +111,28 @@ class FrameShrinker:
             raise FrameFormatError(
                 f"expected an HxWx3 uint8 BGR frame, got shape {frame_bgr.shape} dtype {frame_bgr.dtype}"
             )
+        frame_bgr = self._region(frame_bgr)
         plan = self.plan_for(frame_bgr.shape[:2])
         resized = self._resize(frame_bgr, plan.resize_hw)
         crop = resized[plan.crop_top:plan.crop_top + plan.crop_hw[0], plan.crop_left:plan.crop_left + plan.crop_hw[1]]
         blue, green, red = cv2.split(crop)
         return np.stack((red, green, blue))
+
+    def _region(self, frame: np.ndarray) -> np.ndarray:
+        """The region of interest of ``frame`` (all of it without one); :class:`RoiError` if it does not fit."""
+        roi = self.roi
+        if roi is None:
+            return frame
+        height, width = frame.shape[:2]
+        if roi.units == "fraction":
+            left, top = round(roi.x * width), round(roi.y * height)
+            right, bottom = round((roi.x + roi.width) * width), round((roi.y + roi.height) * height)
+        else:
+            left, top, right, bottom = int(roi.x), int(roi.y), int(roi.x + roi.width), int(roi.y + roi.height)
+        if right > width or bottom > height or right <= left or bottom <= top:
+            raise RoiError(f"the region of interest x={left}..{right}, y={top}..{bottom} does not fit a "
+                           f"{width}x{height} frame")
+        return frame[top:bottom, left:right]
 
     def _resize(self, image: np.ndarray, resize_hw: tuple[int, int]) -> np.ndarray:
         if image.shape[:2] == resize_hw:

@@ -24,10 +24,11 @@ from pipelines.preprocess.transform import FrameShrinker
 from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.stage import Stage
+from pipelines.runtime.stream_set import StreamSet
 from pipelines.runtime.stream_state import StreamStates
 from pipelines.sources.backoff import backoff_delay
 from pipelines.sources.base import RawFrame, SourceError
-from pipelines.sources.config import FileSourceConfig, describe_source, is_live
+from pipelines.sources.config import FileSourceConfig, SourceBase, describe_source, is_live
 from pipelines.sources.opencv import OpenCvSource
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,12 @@ T = TypeVar("T")
 
 
 class CaptureStage(Stage):
+    """One registration of one stream: from its source to its end (the source's end, a stop, the stream's
+    removal or restart by a reload)."""
+
     def __init__(self, source: OpenCvSource, shrink: FrameShrinker, mux: FrameMux, states: StreamStates,
-                 stop: threading.Event, abort: threading.Event, metrics: PipelineMetrics) -> None:
+                 streams: StreamSet, file_read_ahead: int, abort: threading.Event, metrics: PipelineMetrics) -> None:
+        """``file_read_ahead``: frames a file's reader may be ahead of the batcher (it then waits: lossless)."""
         super().__init__(f"capture-{source.stream_id}", abort)
         self.stream_id = source.stream_id
         self._source = source
@@ -48,8 +53,14 @@ class CaptureStage(Stage):
         self._live = is_live(self._config)
         self._paced = isinstance(self._config, FileSourceConfig) and self._config.pace
         self._mux = mux
+        self._file_read_ahead = file_read_ahead
+        self._buffer = mux.add_stream(source.stream_id, self._buffer_frames(self._config), self._live,
+                                      self._config.max_frame_age_ms / 1000.0, metrics.dropper(source.stream_id))
         self._states = states
-        self._stop_reading = stop
+        self._streams = streams
+        self._stop_reading = threading.Event()  # a stop of the pipeline, or this registration's removal
+        self._stopped_because = ""  # why it was stopped from outside: said in its end (a removal, a restart)
+        self._removed = False
         self._captured = metrics.frames.labels(stream=source.stream_id)
         self._drop: Callable[[str], None] = metrics.dropper(source.stream_id)
         self._index = 0  # the next frame's index in this stream
@@ -75,7 +86,7 @@ class CaptureStage(Stage):
         finally:
             self._source.close()
         shortfall = self._shortfall()
-        self._end(final_state, "; ".join(filter(None, (self._gave_up, shortfall))),
+        self._end(final_state, "; ".join(filter(None, (self._stopped_because, self._gave_up, shortfall))),
                   complete=final_state != "failed" and not shortfall)
 
     def _end(self, state: str, why: str, complete: bool) -> bool:
@@ -89,18 +100,50 @@ class CaptureStage(Stage):
             previous = self._states.get(stream_id)
             self._states.set(stream_id, state, "; ".join(filter(None, (why, f"{self._index} frames read"))),
                              announce=False)
-            self._mux.put(stream_id, EndOfStream(stream_id, self._index, state, previous, why, complete), self.abort)
+            self._mux.put(self._buffer, EndOfStream(stream_id, self._index, state, previous, why, complete,
+                                                    self._removed), self.abort)
+        self._streams.ended()
         return True
 
+    def _buffer_frames(self, config: SourceBase) -> int:
+        """Frames its mux buffer holds: a live source's ``buffer_frames``; a file's room to read ahead."""
+        return config.buffer_frames if is_live(config) else self._file_read_ahead
+
+    def stop(self, because: str = "", removed: bool = False) -> None:
+        """Stop reading (a stop of the pipeline, or, saying ``because``, this registration's removal or
+        restart); every frame already read still goes on."""
+        if self._stop_reading.is_set():  # the first reason stands (a removal, then the daemon's stop)
+            return
+        self._stopped_because = because
+        self._removed = removed
+        self._stop_reading.set()
+
+    @property
+    def config(self) -> SourceBase:
+        return self._config
+
+    @property
+    def started(self) -> bool:
+        """Its thread was started (a restarted stream's new registration waits for the previous one's end)."""
+        return self.ident is not None
+
+    def update(self, config: SourceBase) -> None:
+        """Settings that change without reopening the source: fps_cap, interval, reconnect, buffer_frames,
+        max_frame_age_ms, roi (the source's identity, what it opens, is unchanged)."""
+        self._config = config
+        self._shrink.roi = config.roi
+        self._mux.resize(self._buffer, self._buffer_frames(config), config.max_frame_age_ms / 1000.0)
+
     def abandon_if_waiting(self, longer_than_s: float) -> bool:
-        """During a stop: a source's open() or read() cannot be interrupted (a camera that does not answer
+        """Once stopped: a source's open() or read() cannot be interrupted (a camera that does not answer
         holds it for open_timeout_s). If this stream's thread has been in one for ``longer_than_s``, end the
         stream now: every frame it read is already on its way, and what the thread reads later is discarded.
         True if the stream was ended here."""
         since = self._waiting_since
-        if since is None or time.monotonic() - since < longer_than_s:
+        if not self._stop_reading.is_set() or since is None or time.monotonic() - since < longer_than_s:
             return False
-        ended = self._end("ended", "stopped while waiting for the source", complete=True)
+        why = "; ".join(filter(None, (self._stopped_because, "stopped while waiting for the source")))
+        ended = self._end("ended", why, complete=True)
         if ended:
             self.abandoned = True
             log.warning("stream %s: stopped while waiting for %s; its thread is left to time out",
@@ -211,7 +254,7 @@ class CaptureStage(Stage):
         frame = Frame(self._source.stream_id, index, raw.pts, time.time_ns(), times, pixels)
         with self._lock:
             if not self._ended:  # ended by a stop while this frame was being read: discarded
-                self._mux.put(self._source.stream_id, frame, self.abort)
+                self._mux.put(self._buffer, frame, self.abort)
 
     def _note_frame_size(self, index: int, size: tuple[int, int]) -> None:
         """Count every change of the stream's frame size; log the first one (the preprocessing adapts)."""

@@ -4,6 +4,11 @@ Each stream has a bounded buffer. A file (not live) waits for room, so nothing i
 never waits: when its buffer is full the oldest frame is dropped (cause ``queue_full``), and a frame
 that has waited longer than its stream's maximum age is dropped when its turn comes (``stale``). The
 preprocess stage takes frames round-robin across streams, so a busy stream cannot starve the others.
+
+Streams come and go while the pipeline runs: :meth:`FrameMux.add_stream` returns the buffer a capture
+stage puts into, and a buffer is gone once its end has been taken. A stream registered again (its
+settings changed) gets a new buffer, served only after the previous one's end, so that its frames never
+overtake the old registration's.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from pipelines.runtime.queues import POLL_S
 Item = Frame | EndOfStream
 
 
-@dataclass
-class _StreamBuffer:
+@dataclass(eq=False)
+class StreamBuffer:
+    stream_id: str
     capacity: int
     live: bool
     max_age_s: float
@@ -37,22 +43,29 @@ class _StreamBuffer:
 class FrameMux:
     def __init__(self) -> None:
         self._condition = threading.Condition()
-        self._buffers: dict[str, _StreamBuffer] = {}
-        self._order: list[str] = []
+        self._buffers: list[StreamBuffer] = []  # in registration order
         self._next = 0
 
     def add_stream(self, stream_id: str, capacity: int, live: bool, max_age_s: float,
-                   drop: Callable[[str], None]) -> None:
-        self._buffers[stream_id] = _StreamBuffer(capacity, live, max_age_s, drop)
-        self._order.append(stream_id)
+                   drop: Callable[[str], None]) -> StreamBuffer:
+        buffer = StreamBuffer(stream_id, capacity, live, max_age_s, drop)
+        with self._condition:
+            self._buffers.append(buffer)
+        return buffer
 
-    def put(self, stream_id: str, item: Item, abort: threading.Event) -> bool:
+    def resize(self, buffer: StreamBuffer, capacity: int, max_age_s: float) -> None:
+        """New limits for a stream's buffer, from its next frame on (a live reload)."""
+        with self._condition:
+            buffer.capacity, buffer.max_age_s = capacity, max_age_s
+            self._condition.notify_all()
+
+    def put(self, buffer: StreamBuffer, item: Item, abort: threading.Event) -> bool:
         """Hand ``item`` on; False if the pipeline was aborted while a file waited for room."""
-        buffer = self._buffers[stream_id]
         with self._condition:
             if isinstance(item, Frame) and buffer.frames >= buffer.capacity:
                 if buffer.live:
-                    self._evict_oldest(buffer)
+                    while buffer.frames >= buffer.capacity:
+                        self._evict_oldest(buffer)
                 else:
                     while buffer.frames >= buffer.capacity:
                         if abort.is_set():
@@ -77,26 +90,46 @@ class FrameMux:
                 self._condition.wait(remaining)
         return None
 
+    def wait(self, abort: threading.Event, timeout: float) -> bool:
+        """Wait up to ``timeout`` for something to take (without taking it); whether there is."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while not abort.is_set():
+                if any(buffer.items for buffer in self._buffers):
+                    return True
+                remaining = min(POLL_S, deadline - time.monotonic())
+                if remaining <= 0:
+                    return False
+                self._condition.wait(remaining)
+        return False
+
     def depth(self) -> int:
         with self._condition:
-            return sum(len(buffer.items) for buffer in self._buffers.values())
+            return sum(len(buffer.items) for buffer in self._buffers)
 
     def _take(self) -> Item | None:
         now = time.perf_counter()
-        for offset in range(len(self._order)):
-            index = (self._next + offset) % len(self._order)
-            buffer = self._buffers[self._order[index]]
+        count = len(self._buffers)
+        for offset in range(count):
+            index = (self._next + offset) % count
+            buffer = self._buffers[index]
+            if any(earlier.stream_id == buffer.stream_id for earlier in self._buffers[:index]):
+                continue  # a re-registration waits for its predecessor's end
             while buffer.items:
                 item = buffer.items.popleft()
                 if isinstance(item, Frame) and buffer.live and now - item.times.read_end > buffer.max_age_s:
                     buffer.drop("stale")
                     continue
-                self._next = index + 1
+                if isinstance(item, EndOfStream):  # the registration is over: its buffer goes
+                    del self._buffers[index]
+                    self._next = index
+                else:
+                    self._next = index + 1
                 return item
         return None
 
     @staticmethod
-    def _evict_oldest(buffer: _StreamBuffer) -> None:
+    def _evict_oldest(buffer: StreamBuffer) -> None:
         for position, item in enumerate(buffer.items):
             if isinstance(item, Frame):
                 del buffer.items[position]

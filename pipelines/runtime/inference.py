@@ -10,7 +10,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.progress import ProgressTracker
 from pipelines.runtime.queues import POLL_S, get, put
 from pipelines.runtime.stage import Stage
+from pipelines.runtime.stream_set import StreamSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class InFlight:
 
 class SubmitStage(Stage):
     def __init__(self, inp: queue.Queue, in_flight: InFlight, engine: Engine, pool: BufferPool,
-                 streams: int, clock: EngineClock, progress: ProgressTracker, abort: threading.Event) -> None:
+                 streams: StreamSet, clock: EngineClock, progress: ProgressTracker, abort: threading.Event) -> None:
         super().__init__("inference-submit", abort)
         self._in, self._in_flight = inp, in_flight
         self._engine = engine
@@ -51,13 +51,15 @@ class SubmitStage(Stage):
         self._progress = progress
 
     def loop(self) -> None:
-        open_streams = self._streams
-        while open_streams:
-            item = get(self._in, self.abort)
-            if item is None:
+        ends = 0
+        while not self._streams.done(ends):
+            item = get(self._in, self.abort, timeout=POLL_S)
+            if self.abort.is_set():
                 return
+            if item is None:
+                continue
             if isinstance(item, EndOfStream):
-                open_streams -= 1
+                ends += 1
                 self._in_flight.items.put(item)
                 continue
             if not self._take_slot():
@@ -82,26 +84,27 @@ class SubmitStage(Stage):
 
 class CollectStage(Stage):
     def __init__(self, in_flight: InFlight, out: queue.Queue, engine: Engine, pool: BufferPool,
-                 streams: list[str], clock: EngineClock, progress: ProgressTracker, abort: threading.Event,
+                 streams: StreamSet, clock: EngineClock, progress: ProgressTracker, abort: threading.Event,
                  metrics: PipelineMetrics) -> None:
         super().__init__("inference-collect", abort)
         self._in_flight, self._out = in_flight, out
         self._engine = engine
         self._pool = pool
-        self._streams = len(streams)
+        self._streams = streams
         self._clock = clock
         self._progress = progress
-        self._counters = {s: metrics.counter_for(s, "inference") for s in streams}
-        self._batch_size = metrics.batch_size
+        self._metrics = metrics
 
     def loop(self) -> None:
-        open_streams = self._streams
-        while open_streams:
-            item = get(self._in_flight.items, self.abort)
-            if item is None:
+        ends = 0
+        while not self._streams.done(ends):
+            item = get(self._in_flight.items, self.abort, timeout=POLL_S)
+            if self.abort.is_set():
                 return
+            if item is None:
+                continue
             if isinstance(item, EndOfStream):
-                open_streams -= 1
+                ends += 1
                 if not put(self._out, item, self.abort):
                     return
             elif not self._collect(item):
@@ -116,13 +119,10 @@ class CollectStage(Stage):
             self._pool.release(batch.buffer)
         end = time.perf_counter()
         self._clock.collected(end)
-        self._batch_size.observe(len(batch.frames))
-        per_stream: Counter[str] = Counter()
+        self._metrics.batch_size.observe(len(batch.frames))
         for frame in batch.frames:
             frame.times.inference_start, frame.times.inference_end = submitted.start, end
-            per_stream[frame.stream_id] += 1
-        for stream, frames in per_stream.items():
-            self._counters[stream].inc(frames)
+        self._metrics.count_frames(batch.frames, "inference")
         if not put(self._out, batch, self.abort):
             return False
         self._progress.handed_on()

@@ -8,15 +8,20 @@ message). So many buckets cost nothing per frame, only a few lines per scrape.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import RestrictedRegistry
 from prometheus_client.utils import floatToGoString
+
+from pipelines.frames import Frame
 
 PREFIX = "nfnet_stream"
 
@@ -27,8 +32,11 @@ PREFIX = "nfnet_stream"
 _R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
 LATENCY_BUCKETS = (0.0005, 0.00063, 0.0008,
                    *(round(mantissa * decade, 6) for decade in (0.001, 0.01, 0.1, 1.0) for mantissa in _R10), 10.0)
-STAGES = ("capture", "preprocess", "inference", "postprocess")
+STAGES = ("capture", "preprocess", "inference", "postprocess")  # the stage latencies
+COUNTED_STAGES = ("preprocess", "inference", "publish")  # the stages whose frames are counted per stream
 DROP_CAUSES = ("queue_full", "stale", "decode_error", "interval")
+SOURCE_STATES = ("connecting", "running", "reconnecting", "ended", "failed")
+FINAL_STATES = ("ended", "failed")  # what a stream's EndOfStream says
 
 
 class BatchHistogramChild:
@@ -75,6 +83,11 @@ class BatchHistogram:
             if key not in self._children:
                 self._children[key] = BatchHistogramChild(self._bounds)
             return self._children[key]
+
+    def remove(self, *values: str) -> None:
+        """Drop one label set's series (no error if it never existed)."""
+        with self._lock:
+            self._children.pop(tuple(values), None)
 
     def describe(self) -> list[HistogramMetricFamily]:
         return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
@@ -184,3 +197,35 @@ class PipelineMetrics:
     def counter_for(self, stream: str, stage: str) -> Counter:
         """The stage-frame counter of one stream and stage (look it up once, increment often)."""
         return self.stage_frames.labels(stream=stream, stage=stage)
+
+    def count_frames(self, frames: Iterable[Frame], stage: str) -> None:
+        """A batch's frames passed ``stage``: one increment per stream in it."""
+        for stream, count in collections.Counter(frame.stream_id for frame in frames).items():
+            self.stage_frames.labels(stream=stream, stage=stage).inc(count)
+
+    def add_stream(self, stream: str) -> None:
+        """A stream's series, at 0 from the moment it exists (so that a first increase shows as one)."""
+        self.frames.labels(stream=stream)
+        for stage in COUNTED_STAGES:
+            self.stage_frames.labels(stream=stream, stage=stage)
+        for cause in DROP_CAUSES:
+            self.dropped.labels(stream=stream, cause=cause)
+        for state in FINAL_STATES:
+            self.streams_ended.labels(stream=stream, state=state)
+        self.resolution_changes.labels(stream=stream)
+        self.frames_missing.labels(stream=stream)
+        self.end_to_end_latency.labels(stream=stream)
+
+    def remove_stream(self, stream: str) -> None:
+        """A stream removed from the configuration: its series go (Prometheus marks them stale)."""
+        removals: list[tuple[Any, tuple[str, ...]]] = [
+            (self.frames, (stream,)), (self.resolution_changes, (stream,)), (self.frames_missing, (stream,)),
+            *((self.stage_frames, (stream, stage)) for stage in COUNTED_STAGES),
+            *((self.dropped, (stream, cause)) for cause in DROP_CAUSES),
+            *((self.streams_ended, (stream, state)) for state in FINAL_STATES),
+            *((self.source_state, (stream, state)) for state in SOURCE_STATES),
+        ]
+        for metric, labels in removals:
+            with contextlib.suppress(KeyError):  # a series never created
+                metric.remove(*labels)
+        self.end_to_end_latency.remove(stream)

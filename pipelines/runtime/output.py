@@ -1,16 +1,23 @@
 """Output stage: logits → top-k → one message per frame, published with a contiguous per-stream seq and
 the number of that stream's frames dropped since its previous message; stream state changes on the
-status topic, each stream's end after its last label."""
+status topic, each stream's end after its last label.
+
+Streams come and go (a reload): a stream's settings arrive through :meth:`OutputStage.configure` before
+its first frame, and what is kept per stream lives from its first frame to its end."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from prometheus_client import Counter
 
 from pipelines.frames import Batch, EndOfStream
 from pipelines.log_context import stream_context
@@ -29,15 +36,28 @@ from pipelines.publishers.message import (
 from pipelines.runtime.metrics import STAGES, PipelineMetrics
 from pipelines.runtime.queues import POLL_S, get
 from pipelines.runtime.stage import Stage
-from pipelines.runtime.stream_state import FINAL_STATES, StateChange, StreamStates
+from pipelines.runtime.stream_set import StreamSet
+from pipelines.runtime.stream_state import StateChange, StreamStates
 from pipelines.sources.config import SourceBase
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _Registration:
+    """What the output stage keeps of a stream's current registration (from its first frame to its end)."""
+
+    postprocess: StreamPostprocess
+    published: Counter  # its publish-stage frame counter (looked up once)
+    end_to_end: Any  # its end-to-end latency series
+    published_here: int = 0  # messages of this registration
+    last_index: int = -1  # its last published frame's index
+    suppressed: int = 0  # classified, not published (on_change, min_score) since its last message
+
+
 class OutputStage(Stage):
     def __init__(self, inp: queue.Queue, publishers: list[Publisher], labels: tuple[str, ...], k: int,
-                 model_id: str, run: RunIdentity, sources: dict[str, SourceBase], states: StreamStates,
+                 model_id: str, run: RunIdentity, streams: StreamSet, states: StreamStates,
                  abort: threading.Event, metrics: PipelineMetrics) -> None:
         super().__init__("output", abort)
         self._in = inp
@@ -45,40 +65,57 @@ class OutputStage(Stage):
         self._labels, self._k = labels, k
         self._model_id = model_id
         self._run = run
-        streams = list(sources)
         self._streams = streams
-        self._postprocess = {stream: StreamPostprocess(config) for stream, config in sources.items()}
-        self._suppressed: dict[str, int] = dict.fromkeys(streams, 0)  # classified, not published (on_change)
         self._states = states
-        self._counters = {s: metrics.counter_for(s, "publish") for s in streams}
-        self._end_to_end = {s: metrics.end_to_end_latency.labels(stream=s) for s in streams}
+        self._metrics = metrics
         self._stage_latency = {stage: metrics.stage_latency.labels(stage=stage) for stage in STAGES}
-        # Every stream's ends exist from the start, at 0: an end is then an increase that rate() and increase() see.
-        self._ends = {(s, state): metrics.streams_ended.labels(stream=s, state=state)
-                      for s in streams for state in FINAL_STATES}
-        self.published: dict[str, int] = dict.fromkeys(streams, 0)  # also each stream's next seq
-        self.incomplete: dict[str, str] = {}  # streams not read in full, and why
+        self._configs: dict[str, SourceBase] = {}  # each stream's settings
+        self._registrations: dict[str, _Registration] = {}
+        self.published: dict[str, int] = {}  # each stream's messages in this run, also its next seq
+        self.ends_published: collections.Counter[str] = collections.Counter()  # per stream: registrations ended
+        self.ends_total = 0
+        self.incomplete: dict[str, str] = {}  # configured streams whose latest registration was not read in full
         self.completed = False  # every stream's end published: nothing read is left unpublished
-        self._last_index: dict[str, int] = dict.fromkeys(streams, -1)
         self._settings_lock = threading.Lock()
-        self._new_settings: tuple[int, dict[str, SourceBase]] | None = None
+        self._new_k: int | None = None
+        self._new_configs: dict[str, SourceBase] = {}
 
-    def reconfigure(self, k: int, sources: dict[str, SourceBase]) -> None:
-        """Replace top-k and the streams' postprocess settings, from the next batch on (any thread)."""
+    def configure(self, k: int | None = None, sources: Iterable[SourceBase] = ()) -> None:
+        """New top-k and streams' settings, in force from the next item on (any thread). A new stream's
+        settings are given before its capture stage starts, and so before its first frame."""
         with self._settings_lock:
-            self._new_settings = (k, sources)
+            if k is not None:
+                self._new_k = k
+            self._new_configs.update((config.id, config) for config in sources)
+
+    def published_counts(self) -> dict[str, int]:
+        """A copy of :attr:`published` (safe from any thread while streams are added)."""
+        return self.published.copy()
 
     def _apply_new_settings(self) -> None:
         with self._settings_lock:
-            settings, self._new_settings = self._new_settings, None
-        if settings is not None:
-            self._k = settings[0]
-            for stream, config in settings[1].items():
-                self._postprocess[stream].configure(config)
+            k, configs = self._new_k, self._new_configs
+            self._new_k, self._new_configs = None, {}
+        if k is not None:
+            self._k = k
+        for stream, config in configs.items():
+            self._configs[stream] = config
+            if stream in self._registrations:
+                self._registrations[stream].postprocess.configure(config)
+
+    def _registration(self, stream: str) -> _Registration:
+        registration = self._registrations.get(stream)
+        if registration is None:
+            registration = _Registration(StreamPostprocess(self._configs[stream]),
+                                         self._metrics.counter_for(stream, "publish"),
+                                         self._metrics.end_to_end_latency.labels(stream=stream))
+            self._registrations[stream] = registration
+            self.published.setdefault(stream, 0)
+        return registration
 
     def loop(self) -> None:
-        open_streams = len(self._streams)
-        while open_streams:
+        ends = 0
+        while not self._streams.done(ends):
             item = get(self._in, self.abort, timeout=POLL_S)
             self._apply_new_settings()
             self._announce_changes()
@@ -88,7 +125,7 @@ class OutputStage(Stage):
                 return
             if isinstance(item, EndOfStream):
                 self._end(item)
-                open_streams -= 1
+                ends += 1
             elif item is not None:
                 self._publish(item)
         self._announce_changes()
@@ -99,48 +136,59 @@ class OutputStage(Stage):
         assert batch.scores is not None
         postprocess_start = time.perf_counter()
         probabilities = softmax(batch.scores)
-        smoothed = np.stack([self._postprocess[frame.stream_id].smooth(row)
-                             for frame, row in zip(batch.frames, probabilities, strict=True)])
+        registrations = [self._registration(frame.stream_id) for frame in batch.frames]
+        smoothed = np.stack([registration.postprocess.smooth(row)
+                             for registration, row in zip(registrations, probabilities, strict=True)])
         latencies: dict[str, list[dict[str, float]]] = {}
-        for frame, predictions in zip(batch.frames, top_k(smoothed, self._labels, self._k), strict=True):
+        for frame, registration, predictions in zip(batch.frames, registrations,
+                                                    top_k(smoothed, self._labels, self._k), strict=True):
             frame.times.postprocess_start = postprocess_start
-            stream = frame.stream_id
-            if not self._postprocess[stream].should_publish(predictions[0].index, predictions[0].score,
-                                                            time.monotonic()):
-                self._suppressed[stream] += 1
+            if not registration.postprocess.should_publish(predictions[0].index, predictions[0].score,
+                                                           time.monotonic()):
+                registration.suppressed += 1
                 continue
+            stream = frame.stream_id
             seq = self.published[stream]
-            suppressed, self._suppressed[stream] = self._suppressed[stream], 0
-            dropped = frame.index - self._last_index[stream] - 1 - suppressed
-            self._last_index[stream] = frame.index
+            suppressed, registration.suppressed = registration.suppressed, 0
+            dropped = frame.index - registration.last_index - 1 - suppressed
+            registration.last_index = frame.index
             latency = latency_breakdown_ms(frame, time.perf_counter())
             self._send(label_topic(stream), build_label_message(
                 frame, seq, dropped, suppressed, predictions, self._model_id, time.time_ns(), latency, self._run))
             self.published[stream] = seq + 1
+            registration.published_here += 1
             latencies.setdefault(stream, []).append(latency)
         self._record(latencies)
 
     def _record(self, latencies: dict[str, list[dict[str, float]]]) -> None:
         """The batch's published frames in the metrics: counts per stream, latency histograms."""
         for stream, rows in latencies.items():
-            self._counters[stream].inc(len(rows))
-            self._end_to_end[stream].observe_many([row["total"] / 1000.0 for row in rows])
+            registration = self._registrations[stream]
+            registration.published.inc(len(rows))
+            registration.end_to_end.observe_many([row["total"] / 1000.0 for row in rows])
         every = [row for rows in latencies.values() for row in rows]
         if every:
             for stage in STAGES:
                 self._stage_latency[stage].observe_many([row[stage] / 1000.0 for row in every])
 
     def _end(self, end: EndOfStream) -> None:
+        """The end of a stream's registration, after its last label. The next registration of the stream
+        (its settings changed) starts afresh: frame indexes from 0, no smoothing history; seq goes on."""
         stream = end.stream_id
-        published = self.published[stream]
+        registration = self._registrations.pop(stream, None)
+        published = registration.published_here if registration else 0
         log.info("stream %s: %s; %d of its %d frames published", stream, end.state, published, end.frames,
-                 extra=stream_context(stream, seq=published - 1 if published else None))
-        self._ends[(stream, end.state)].inc()
+                 extra=stream_context(stream, seq=self.published[stream] - 1 if self.published.get(stream) else None))
+        self._metrics.streams_ended.labels(stream=stream, state=end.state).inc()
         detail = "; ".join(filter(None, (end.detail, f"{published} of {end.frames} frames published")))
         self._send(status_topic(stream), build_status_message(
             stream, end.state, end.previous_state, detail, time.time_ns(), self._run, frames=end.frames))
-        if not end.complete:
+        if end.complete or end.removed:
+            self.incomplete.pop(stream, None)
+        else:
             self.incomplete[stream] = end.detail
+        self.ends_published[stream] += 1
+        self.ends_total += 1
 
     def _announce_changes(self) -> None:
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -9,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from pipelines.engines.base import Engine
+from pipelines.log_context import stream_context
 from pipelines.model_info import ModelInfo
 from pipelines.preprocess.buffers import BufferPool
 from pipelines.preprocess.transform import FrameShrinker, Normaliser
@@ -24,8 +26,10 @@ from pipelines.runtime.output import OutputStage
 from pipelines.runtime.preprocess import PreprocessStage
 from pipelines.runtime.progress import Progress, ProgressTracker
 from pipelines.runtime.stage import Stage
+from pipelines.runtime.stream_set import StreamSet
 from pipelines.runtime.stream_state import StreamStates
 from pipelines.sources import OpenCvSource, is_live
+from pipelines.sources.config import SourceBase
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +41,27 @@ class StageFailure:
 
 
 class Pipeline:
-    """The running pipeline. ``stop()`` drains gracefully; ``abort()`` ends every stage at once."""
+    """The running pipeline. ``stop()`` drains gracefully; ``abort()`` ends every stage at once.
+
+    Streams can be added, removed and restarted while it runs (a reload), from one thread (the daemon's
+    main loop), which also calls :meth:`tick`. A stream's registration is one capture stage, from its
+    source to its end; a restarted stream's new registration starts once the old one's end is published,
+    so that its source is closed first and its frames come after all of the old ones.
+    """
 
     def __init__(self, sources: list[OpenCvSource], engine: Engine, info: ModelInfo, publishers: list[Publisher],
                  model_id: str, run: RunIdentity, config: PipelineConfig, metrics: PipelineMetrics) -> None:
-        streams = [source.stream_id for source in sources]
+        self._info = info
+        self._config = config
+        self._metrics = metrics
         self._stop = threading.Event()
         self._abort = threading.Event()
-        self.states = StreamStates(streams, metrics)
+        self._streams = StreamSet(close_when_all_ended=config.exit_when_sources_end)
+        self.states = StreamStates([], metrics)
         # Files get capture_queue frames of room (and wait for more); live sources their buffer_frames
         # (and drop the oldest). Batches in flight are bounded by the buffer pool; the queues after
         # preprocessing only need room for them.
         self.mux = FrameMux()
-        for source in sources:
-            live = is_live(source.config)
-            self.mux.add_stream(source.stream_id, source.config.buffer_frames if live else config.capture_queue,
-                                live, source.config.max_frame_age_ms / 1000.0, metrics.dropper(source.stream_id))
         batches: queue.Queue = queue.Queue(maxsize=config.input_buffers)
         results: queue.Queue = queue.Queue(maxsize=config.input_buffers)
         self.pool = BufferPool(engine.input_buffers(config.input_buffers))
@@ -60,30 +69,109 @@ class Pipeline:
         in_flight = InFlight(engine.max_in_flight)
         self._progress = ProgressTracker()
         self.output = OutputStage(results, publishers, info.labels, config.top_k, model_id, run,
-                                  {source.stream_id: source.config for source in sources},
-                                  self.states, self._abort, metrics)
-        self.stages: list[Stage] = [
-            *(CaptureStage(source, FrameShrinker(info), self.mux, self.states, self._stop, self._abort, metrics)
-              for source in sources),
-            PreprocessStage(self.mux, batches, Normaliser(info), self.pool, streams,
-                            config.batch_timeout_ms / 1000.0, clock, any(is_live(s.config) for s in sources),
-                            self._abort, metrics),
-            SubmitStage(batches, in_flight, engine, self.pool, len(streams), clock, self._progress, self._abort),
-            CollectStage(in_flight, results, engine, self.pool, streams, clock, self._progress, self._abort, metrics),
+                                  self._streams, self.states, self._abort, metrics)
+        self._preprocess = PreprocessStage(self.mux, batches, Normaliser(info), self.pool, self._streams,
+                                           config.batch_timeout_ms / 1000.0, clock, self._abort, metrics)
+        self._stages: list[Stage] = [
+            self._preprocess,
+            SubmitStage(batches, in_flight, engine, self.pool, self._streams, clock, self._progress, self._abort),
+            CollectStage(in_flight, results, engine, self.pool, self._streams, clock, self._progress, self._abort,
+                         metrics),
             self.output,
         ]
+        self._captures: dict[str, CaptureStage] = {}  # each configured stream's current registration
+        self._retiring: list[CaptureStage] = []  # registrations stopped by a removal or a restart, still ending
+        self._registered: collections.Counter[str] = collections.Counter()  # registrations per stream
+        self._removed: set[str] = set()  # removed streams whose state and series go once their end is published
+        self._running = False
+        for source in sources:
+            self.add_stream(source)
         metrics.watch_queue("capture", self.mux.depth)
         metrics.watch_queue("batches", batches.qsize)
         metrics.watch_queue("results", results.qsize)
         metrics.buffers_in_use.set_function(lambda: self.pool.in_use)
 
+    @property
+    def stages(self) -> list[Stage]:
+        return [*self._captures.values(), *self._retiring, *self._stages]
+
+    @property
+    def streams(self) -> list[str]:
+        """The configured streams (removed ones that are still ending excluded)."""
+        return list(self._captures)
+
     def start(self) -> None:
-        for stage in self.stages:
+        self._running = True
+        for stage in self._stages:
             stage.start()
+        self._start_ready()
+
+    def add_stream(self, source: OpenCvSource) -> bool:
+        """Classify one more stream (an id not configured now; one removed may still be ending: its new
+        registration then waits). False, with ``source`` closed, once the pipeline takes no more (a stop)."""
+        stream = source.stream_id
+        if stream in self._captures:
+            raise ValueError(f"stream {stream!r} is already configured")
+        if not self._streams.register():
+            source.close()
+            log.warning("stream %s not added: the pipeline is ending", stream, extra=stream_context(stream))
+            return False
+        self._removed.discard(stream)  # removed and added again: its state and series go on
+        self._metrics.add_stream(stream)
+        self.states.add(stream)
+        self.output.configure(sources=[source.config])
+        self._registered[stream] += 1
+        self._captures[stream] = CaptureStage(source, FrameShrinker(self._info, source.config.roi), self.mux,
+                                              self.states, self._streams, self._config.capture_queue,
+                                              self._abort, self._metrics)
+        self._preprocess.just_in_time = self._any_live()
+        self._start_ready()
+        return True
+
+    def remove_stream(self, stream: str) -> None:
+        """Stop reading ``stream``; every frame it read is still published, then its end (saying it was
+        removed), after which its state and metric series go (at a :meth:`tick`)."""
+        self._retire(stream, "removed from the configuration", removed=True)
+        self._removed.add(stream)
+        self._preprocess.just_in_time = self._any_live()
+
+    def restart_stream(self, source: OpenCvSource) -> bool:
+        """The stream's settings changed: end its registration (as a removal would, but its state and series
+        stay) and start one reading ``source`` once that end is published."""
+        self._retire(source.stream_id, "restarted: its settings changed", removed=False)
+        return self.add_stream(source)
+
+    def update_stream(self, config: SourceBase) -> None:
+        """Settings that apply without reopening the stream's source (see :meth:`CaptureStage.update`) and
+        its publish settings; the stream goes on, nothing is lost."""
+        self._captures[config.id].update(config)
+        self.output.configure(sources=[config])
+
+    def configure_output(self, k: int) -> None:
+        """A new ``top_k``, from the next batch on."""
+        self.output.configure(k=k)
+
+    def tick(self, stuck_after_s: float) -> None:
+        """Called often from the thread that adds and removes streams: start the registrations whose
+        stream's previous one has ended; once a removed stream's end is published, forget its state and
+        series; end a stopped registration whose thread has been stuck in its source for ``stuck_after_s``."""
+        for stage in self._retiring:
+            stage.abandon_if_waiting(stuck_after_s)
+        self._retiring = [stage for stage in self._retiring if not stage.settled or stage.error is not None]
+        for stream in [s for s in self._removed if self.output.ends_published[s] == self._registered[s]]:
+            self._metrics.remove_stream(stream)
+            self.states.remove(stream)
+            self._removed.discard(stream)
+        self._start_ready()
 
     def stop(self) -> None:
         """Stop reading sources; frames already read are still classified and published."""
         self._stop.set()
+        self._streams.close()
+        for stage in self._captures.values():
+            stage.stop()
+            if self._running and not stage.started:  # a restart's registration: ends at once, read nothing
+                stage.start()
 
     def abort(self) -> None:
         self._abort.set()
@@ -98,6 +186,12 @@ class Pipeline:
     def finished(self) -> bool:
         """Every stage has returned (all streams ended and drained, or aborted), or was abandoned."""
         return all(stage.settled for stage in self.stages)
+
+    @property
+    def idle(self) -> bool:
+        """Every stream registered so far has ended and its end is published (with
+        ``exit_when_sources_end = false``, the pipeline then waits for a stream to be added)."""
+        return self.output.ends_total == sum(self._registered.values())
 
     @property
     def stopping(self) -> bool:
@@ -115,6 +209,24 @@ class Pipeline:
         """Join the stages in pipeline order within ``timeout_s``; return the names still running."""
         deadline = time.monotonic() + timeout_s
         for stage in self.stages:
-            if not stage.abandoned:
+            if stage.ident is not None and not stage.abandoned:
                 stage.join(max(0.0, deadline - time.monotonic()))
         return [stage.name for stage in self.stages if not stage.settled]
+
+    def _retire(self, stream: str, because: str, removed: bool) -> None:
+        stage = self._captures.pop(stream)
+        stage.stop(because, removed)
+        if self._running and not stage.started:  # restarted again before it started: it ends at once
+            stage.start()
+        self._retiring.append(stage)
+
+    def _start_ready(self) -> None:
+        """Start each registration whose stream's previous registrations have all ended and been published."""
+        if not self._running:
+            return
+        for stream, stage in self._captures.items():
+            if not stage.started and self.output.ends_published[stream] == self._registered[stream] - 1:
+                stage.start()
+
+    def _any_live(self) -> bool:
+        return any(is_live(stage.config) for stage in self._captures.values())

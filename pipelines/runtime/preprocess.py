@@ -25,52 +25,62 @@ from pipelines.runtime.frame_mux import FrameMux
 from pipelines.runtime.metrics import PipelineMetrics
 from pipelines.runtime.queues import POLL_S, put
 from pipelines.runtime.stage import Stage
+from pipelines.runtime.stream_set import StreamSet
 
 
 class PreprocessStage(Stage):
     def __init__(self, inp: FrameMux, out: queue.Queue, normalise: Normaliser, pool: BufferPool,
-                 streams: list[str], batch_timeout_s: float, clock: EngineClock, just_in_time: bool,
-                 abort: threading.Event, metrics: PipelineMetrics) -> None:
+                 streams: StreamSet, batch_timeout_s: float, clock: EngineClock, abort: threading.Event,
+                 metrics: PipelineMetrics) -> None:
         super().__init__("preprocess", abort)
         self._in, self._out = inp, out
         self._normalise = normalise
         self._pool = pool
-        self._streams = len(streams)
+        self._streams = streams
         self._batch_timeout_s = batch_timeout_s
         self._clock = clock
-        self._just_in_time = just_in_time
+        self.just_in_time = False  # whether a stream is live (set as streams come and go)
         self._fill = FillTimer()
-        self._counters = {s: metrics.counter_for(s, "preprocess") for s in streams}
+        self._metrics = metrics
         self._buffer: InputBuffer | None = None
         self._frames: list[Frame] = []
 
     def loop(self) -> None:
-        open_streams = self._streams
+        ends = 0
         deadline = 0.0
-        while open_streams:
-            if self._buffer is None:
+        while not self._streams.done(ends):
+            if self._buffer is None:  # a new batch: once a frame waits, secure a buffer before taking it
+                if not self._in.wait(self.abort, POLL_S):
+                    if self.abort.is_set():
+                        return
+                    continue
                 self._buffer = self._acquire()
                 if self._buffer is None:
                     return
-            if not self._frames and self._just_in_time and not self._wait_for_engine():
+            if not self._frames and self.just_in_time and not self._wait_for_engine():
                 return
-            timeout = max(0.0, deadline - time.monotonic()) if self._frames else None
+            timeout = max(0.0, deadline - time.monotonic()) if self._frames else POLL_S
             item = self._in.get(self.abort, timeout)
             if self.abort.is_set():
                 return
-            if item is None:  # the partial batch's time is up
+            if item is None:  # the partial batch's time is up, or nothing came (a look at whether all ended)
                 self._hand_on()
+                self._release_unused()
             elif isinstance(item, EndOfStream):
                 self._hand_on()
                 put(self._out, item, self.abort)
-                open_streams -= 1
+                ends += 1
             else:
                 if not self._frames:
                     deadline = time.monotonic() + self._batch_timeout_s
                 self._add(item)
                 if len(self._frames) == self._pool.batch or time.monotonic() >= deadline:
                     self._hand_on()
-        if self._buffer is not None:  # every stream has ended: the empty buffer goes back
+        self._release_unused()
+
+    def _release_unused(self) -> None:
+        """An empty buffer goes back while no frame comes (all streams ended, or idle ones)."""
+        if self._buffer is not None and not self._frames:
             self._pool.release(self._buffer)
             self._buffer = None
 
@@ -95,11 +105,11 @@ class PreprocessStage(Stage):
         frame.times.preprocess_end = time.perf_counter()
         self._fill.observe(frame.times.preprocess_end - frame.times.preprocess_start)
         self._frames.append(frame)
-        self._counters[frame.stream_id].inc()
 
     def _hand_on(self) -> None:
         if not self._frames:
             return
+        self._metrics.count_frames(self._frames, "preprocess")
         batch = Batch(self._frames, self._buffer)
         self._buffer, self._frames = None, []
         self._clock.handed_on()

@@ -8,14 +8,15 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 from pipelines.log_context import stream_context
-from pipelines.runtime.metrics import PipelineMetrics
+from pipelines.runtime.metrics import FINAL_STATES, SOURCE_STATES, PipelineMetrics
 
 log = logging.getLogger(__name__)
 
-STATES = ("connecting", "running", "reconnecting", "ended", "failed")
-FINAL_STATES = ("ended", "failed")  # what a stream's EndOfStream says
+STATES = SOURCE_STATES
+__all__ = ["FINAL_STATES", "STATES", "StateChange", "StreamStates"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,16 +36,34 @@ class StreamStates:
 
     def __init__(self, streams: list[str], metrics: PipelineMetrics) -> None:
         self._lock = threading.Lock()
-        self._latest: dict[str, StateChange | None] = dict.fromkeys(streams)
-        self._gauges = {(s, state): metrics.source_state.labels(stream=s, state=state)
-                        for s in streams for state in STATES}
+        self._metrics = metrics
+        self._latest: dict[str, StateChange | None] = {}
+        self._gauges: dict[tuple[str, str], Any] = {}
         self.changes: queue.Queue[StateChange] = queue.Queue()
+        for stream in streams:
+            self.add(stream)
+
+    def add(self, stream_id: str) -> None:
+        """A stream that exists from now on (its state not reported yet); one that exists already keeps its."""
+        with self._lock:
+            self._latest.setdefault(stream_id, None)
+            for state in STATES:
+                self._gauges[(stream_id, state)] = self._metrics.source_state.labels(stream=stream_id, state=state)
+
+    def remove(self, stream_id: str) -> None:
+        """A stream removed from the configuration: no longer reported (its last change was announced)."""
+        with self._lock:
+            self._latest.pop(stream_id, None)
+            for state in STATES:
+                self._gauges.pop((stream_id, state), None)
 
     def set(self, stream_id: str, state: str, detail: str = "", announce: bool = True) -> StateChange | None:
         """Record a state; return the change (None if the state is unchanged: a new ``detail`` then only
         replaces the latest one). ``announce=False`` leaves publishing it to the caller (the end of a
         stream is announced after its last label)."""
         with self._lock:
+            if stream_id not in self._latest:  # removed (a thread left to time out may still report)
+                return None
             latest = self._latest[stream_id]
             previous = latest.state if latest else None
             if latest is not None and previous == state:
@@ -53,8 +72,9 @@ class StreamStates:
                 return None
             change = StateChange(stream_id, state, previous, detail, time.time_ns())
             self._latest[stream_id] = change
-        for name in STATES:
-            self._gauges[(stream_id, name)].set(1.0 if name == state else 0.0)
+            gauges = [(name, self._gauges[(stream_id, name)]) for name in STATES]
+        for name, gauge in gauges:
+            gauge.set(1.0 if name == state else 0.0)
         level = logging.WARNING if state in ("reconnecting", "failed") else logging.INFO
         log.log(level, "stream %s: %s -> %s%s", stream_id, previous or "-", state, f" ({detail})" if detail else "",
                 extra=stream_context(stream_id))
@@ -63,8 +83,9 @@ class StreamStates:
         return change
 
     def get(self, stream_id: str) -> str | None:
+        """The stream's state (None before its first report, and once it was removed)."""
         with self._lock:
-            latest = self._latest[stream_id]
+            latest = self._latest.get(stream_id)
         return latest.state if latest else None
 
     def latest(self) -> dict[str, StateChange | None]:

@@ -13,10 +13,12 @@ def create_source(config: SourceConfig, decode_threads: int = 0) -> OpenCvSource
     return OpenCvSource(config, decode_threads)
 
 
-def create_sources(configs: list[SourceConfig], decode_threads: int | None) -> list[OpenCvSource]:
-    """The sources of one pipeline, FFmpeg's decoding threads shared out among the files and streams
-    (``pipeline.decode_threads`` when set) over the cores this process may run on."""
-    ffmpeg_streams = sum(decodes_with_ffmpeg(config) for config in configs)
+def create_sources(configs: list[SourceConfig], decode_threads: int | None,
+                   among: list[SourceConfig] | None = None) -> list[OpenCvSource]:
+    """The sources of ``configs``, FFmpeg's decoding threads shared out among the files and streams of the
+    pipeline (``among``, when ``configs`` are only some of them, added by a reload) over the cores this
+    process may run on, or ``pipeline.decode_threads`` each when set."""
+    ffmpeg_streams = sum(decodes_with_ffmpeg(config) for config in (configs if among is None else among))
     threads = decode_threads_per_stream(ffmpeg_streams, decode_threads, len(os.sched_getaffinity(0)))
     return [create_source(config, threads if decodes_with_ffmpeg(config) else 0) for config in configs]
 

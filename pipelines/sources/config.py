@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from pipelines.config_base import StrictModel
 from pipelines.paths import ConfigPath
@@ -23,6 +23,27 @@ class ReconnectConfig(StrictModel):
     stall_timeout_s: float = Field(
         10.0, gt=0, le=3600,
         description="A live source that delivers no frame for this long is reconnected (at most an hour).")
+
+
+class RoiConfig(StrictModel):
+    """A region of interest: the rectangle of the frame that is classified (before the model's resize and
+    crop), in pixels or in fractions of the frame's width and height."""
+
+    x: float = Field(0, ge=0, le=16384, description="Left edge.")
+    y: float = Field(0, ge=0, le=16384, description="Top edge.")
+    width: float = Field(gt=0, le=16384, description="Width.")
+    height: float = Field(gt=0, le=16384, description="Height.")
+    units: Literal["pixels", "fraction"] = Field(
+        "pixels", description="pixels: whole pixels of the frame; fraction: 0 to 1 of its width and height.")
+
+    @model_validator(mode="after")
+    def _fits_its_units(self) -> RoiConfig:
+        values = (self.x, self.y, self.width, self.height)
+        if self.units == "pixels" and not all(float(v).is_integer() for v in values):
+            raise ValueError("an ROI in pixels needs whole numbers (or units = \"fraction\")")
+        if self.units == "fraction" and (self.x + self.width > 1 or self.y + self.height > 1):
+            raise ValueError("an ROI in fractions must lie within the frame: x + width and y + height at most 1")
+        return self
 
 
 class SourceBase(StrictModel):
@@ -45,6 +66,9 @@ class SourceBase(StrictModel):
     publish: Literal["every_frame", "on_change"] = Field(
         "every_frame", description="on_change: publish only when the top label changes, or every heartbeat_s.")
     heartbeat_s: float = Field(5.0, gt=0, le=86400, description="With publish = on_change: the longest silence.")
+    roi: RoiConfig | None = Field(
+        None, description="Classify only this rectangle of the frame (a conveyor, not the room); checked against "
+                          "each frame: one it does not fit fails the stream, saying so.")
     min_score: float = Field(
         0.0, ge=0.0, le=1.0,
         description="Publish only frames whose top class scores at least this (after smoothing); the others "
