@@ -16,12 +16,12 @@ import torch
 from onnx import TensorProto, helper
 from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
-from timm.models.nfnet import NfCfg, NormFreeNet
+from timm.models.nfnet import NfCfg, NormFreeBlock, NormFreeNet
 from torch import nn
 
 import tools.export_onnx as export_onnx
 from pipelines.model_info import ModelInfo, WeightSource, read_model_info
-from tests.nfnet_models import exercise_all_branches
+from tests.nfnet_models import exercise_all_branches, random_biases_and_large_logits
 from tools.export_onnx import (
     ExportError,
     check_graph,
@@ -184,7 +184,7 @@ FAMILY = [  # name, (H, W), batch: odd sizes give asymmetric 'same' pads and cei
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Exported:
     name, input_hw, batch = request.param
     model, weights = random_model(name, seed=0)
-    exercise_all_branches(model)
+    random_biases_and_large_logits(model)
     info = model_info(
         name, data_config_for(model, input_hw), labels=resolve_labels(model, None), weights=weights, batch=batch
     )
@@ -248,6 +248,56 @@ def test_unsupported_crop_mode_is_refused() -> None:
     config = {**data_config_for(timm.create_model("test_nfnet")), "crop_mode": "border"}
     with pytest.raises(ExportError, match="crop_mode 'border'"):
         model_info("test_nfnet", config, labels=["a"], weights=WeightSource("random", "0"), batch=1)
+
+
+# ---------------------------------------------------------------------------------------- random init
+
+
+def branch_gates(model: nn.Module) -> list[torch.Tensor]:
+    """The parameter that turns each residual branch on or off: its skipinit gain, else its last conv's gain."""
+    return [block.skipinit_gain if block.skipinit_gain is not None else block.conv3.gain
+            for block in model.modules() if isinstance(block, NormFreeBlock)]
+
+
+@pytest.mark.parametrize("name", ["dm_nfnet_f0", "nf_regnet_b0", "nf_resnet26"])  # skipinit, and last-conv gains
+def test_random_init_makes_every_residual_branch_count(name: str) -> None:
+    """timm starts every residual branch at zero, so a check of its init sees only the stem, the shortcuts and
+    the head; under --random-init, turning off any one branch moves the logits."""
+    assert all(not gate.any() for gate in branch_gates(timm.create_model(name))), "timm's init: all branches off"
+    model, _ = random_model(name, seed=0)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+        spread = float(reference.max() - reference.min())
+        for index, gate in enumerate(branch_gates(model)):
+            kept = gate.clone()
+            gate.zero_()
+            moved = float((model(x) - reference).abs().max())
+            gate.copy_(kept)
+            assert moved > 1e-3 * spread, f"branch {index} of {name} does not show in the logits"
+
+
+def test_random_init_is_seeded() -> None:
+    first, second, other = (random_model("test_nfnet", seed)[0].state_dict() for seed in (5, 5, 6))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    gains = [key for key in first if key.endswith(".gain")]
+    assert gains and not any(torch.equal(first[key], other[key]) for key in gains)
+
+
+def test_verification_sees_every_branch(tmp_path: Path) -> None:
+    """An export that lost any one residual branch fails the check (fp32 tolerance)."""
+    model, weights = random_model("test_nfnet", seed=0)
+    info = model_info("test_nfnet", data_config_for(model, (64, 64)), labels=resolve_labels(model, None),
+                      weights=weights, batch=None)
+    path = export_model(model, info, tmp_path / "m.onnx")
+    verify_export(model, path)
+    with torch.no_grad():
+        for gate in branch_gates(model):
+            kept = gate.clone()
+            gate.zero_()
+            with pytest.raises(ExportError, match="does not match PyTorch"):
+                verify_export(model, path)
+            gate.copy_(kept)
 
 
 # ---------------------------------------------------------------------------------------------- fp16

@@ -152,10 +152,28 @@ def checkpoint_model(name: str, path: Path, num_classes: int | None = None) -> t
 
 
 def random_model(name: str, seed: int, num_classes: int | None = None) -> tuple[nn.Module, WeightSource]:
-    """``name`` with timm's own initialisation under ``torch.manual_seed(seed)`` (for tests, benchmarks)."""
+    """``name`` with seeded random weights (for tests, benchmarks): timm's own initialisation under
+    ``torch.manual_seed(seed)``, then :func:`randomise_gains` with ``seed``."""
     torch.manual_seed(seed)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    return _create(name, **kwargs), WeightSource("random", str(seed))
+    return randomise_gains(_create(name, **kwargs), seed), WeightSource("random", str(seed))
+
+
+def randomise_gains(model: nn.Module, seed: int) -> nn.Module:
+    """Draw every NFNet gain from U(0.5, 1.5), seeded, so that every residual branch shows in the logits.
+
+    timm starts each residual branch at zero (``skipinit_gain`` 0, or a gain of 0 on the branch's last
+    conv): such a model computes only the stem, the shortcuts and the head, so a verification of its export
+    checks nothing else, and a compiler may drop the dead branches from a benchmark. The per-channel gains
+    of the other convs (1 in timm) are drawn too, so that folding them is checked. Returns ``model`` in
+    eval mode.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("skipinit_gain", ".gain")):
+                param.copy_(torch.rand(param.shape, generator=generator) + 0.5)
+    return model.eval()
 
 
 def _require_model(name: str) -> None:
@@ -467,7 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=".pth/.pt/.safetensors checkpoint, e.g. fine-tuned on your own classes",
     )
-    weights.add_argument("--random-init", action="store_true", help="seeded random weights (tests, benchmarks)")
+    weights.add_argument(
+        "--random-init",
+        action="store_true",
+        help="seeded random weights (tests, benchmarks): timm's init with every gain drawn from U(0.5, 1.5), so "
+        "that the residual branches timm starts at zero are live and verified",
+    )
     parser.add_argument("--seed", type=int, help="seed for --random-init (default 0)")
     parser.add_argument("--num-classes", type=int, help="class count (checked against a checkpoint's classifier)")
     parser.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
