@@ -36,8 +36,17 @@ from pipelines.model_info import ModelInfo, ModelMetadataError, Precision, Weigh
 from tools.ws_fold import FoldError, fold_weight_standardization
 
 DEFAULT_OPSET = 18  # broadly supported by EPs; GELU exports as its exact Erf form below opset 20
-# Verification tolerance on max|onnx - torch| / max(1, max|torch logit|), per precision.
-DEFAULT_TOLERANCE: dict[Precision, float] = {"fp32": 1e-3, "fp16": 5e-2}
+# Verification tolerance on max|onnx - torch| / the spread of PyTorch's logits (max - min), per precision: a
+# scale that holds for the small logits of a random init as for a trained model's. Measured on ten family
+# members at 64x64 (--random-init): fp32 differs only in the order of sums, at most 9e-7 of the spread, and
+# 1e-4 leaves room for larger inputs and trained weights. fp16 errs by 4e-4 to 2.3e-3 of the spread, growing
+# with depth (dm_nfnet_f3 the most); 1e-2 is four times that, while a badly wrong output errs by a good part
+# of the spread, and even dropping one residual branch moves the logits by 1.4e-2 of it or more (the weakest
+# of dm_nfnet_f3's 48; the median branch 4e-2 to 1e-1).
+DEFAULT_TOLERANCE: dict[Precision, float] = {"fp32": 1e-4, "fp16": 1e-2}
+# Of PyTorch's top 5 classes, ONNX Runtime's top 5 must hold this many on every sample: two near-equal
+# classes at the edge of the top 5 may swap.
+TOP5_SHARED = 4
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 SUPPORTED_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
@@ -50,28 +59,42 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """ONNX Runtime vs PyTorch on random inputs."""
+    """ONNX Runtime vs PyTorch on random inputs.
+
+    A sample's top-1 may differ only on a near-tie: PyTorch's two best classes closer than twice the
+    tolerated error, which may swap them (with the error within tolerance, nothing else can differ; the
+    check says so in the terms a user sees).
+    """
 
     samples: int
     max_abs_error: float
-    max_abs_logit: float
-    top1_agreement: float
-    tolerance: float
+    spread: float  # max - min of PyTorch's logits over all samples
+    tolerance: float  # on max_abs_error / spread
+    top1_agreed: int
+    top1_near_ties: int  # samples whose top-1 differs on a near-tie
+    top5_min_shared: int  # the fewest of PyTorch's top 5 in ONNX Runtime's top 5, over the samples
+    top5_required: int  # TOP5_SHARED, or the class count if smaller
 
     @property
     def scaled_error(self) -> float:
-        """Max abs error relative to the logit scale (absolute below |logit| = 1)."""
-        return self.max_abs_error / max(1.0, self.max_abs_logit)
+        """Max abs error relative to the spread of the logits."""
+        return self.max_abs_error / self.spread
 
     @property
     def passed(self) -> bool:
-        return self.scaled_error <= self.tolerance
+        return (
+            self.scaled_error <= self.tolerance
+            and self.top1_agreed + self.top1_near_ties == self.samples
+            and self.top5_min_shared >= self.top5_required
+        )
 
     def describe(self) -> str:
+        ties = f" ({self.top1_near_ties} more on near-ties)" if self.top1_near_ties else ""
         return (
-            f"{self.samples} samples: max abs error {self.max_abs_error:.3g} (max |logit| "
-            f"{self.max_abs_logit:.3g}, scaled {self.scaled_error:.3g}, tolerance {self.tolerance:g}), "
-            f"top-1 agreement {self.top1_agreement:.1%}"
+            f"{self.samples} samples: max abs error {self.max_abs_error:.3g} ({self.scaled_error:.3g} of the "
+            f"logits' spread {self.spread:.3g}, tolerance {self.tolerance:g}), top-1 agreement "
+            f"{self.top1_agreed}/{self.samples}{ties}, top 5 sharing at least {self.top5_min_shared} of 5 "
+            f"(required {self.top5_required})"
         )
 
 
@@ -397,8 +420,8 @@ def verify_export(
     """Compare ONNX Runtime (CPU) with ``model`` (float32, eval) on ``batches`` random input batches.
 
     Dynamic-batch models are run with varying batch sizes. Raises :class:`ExportError` if the metadata
-    is unreadable, the I/O does not match the contract, or the error exceeds ``tolerance`` (default:
-    :data:`DEFAULT_TOLERANCE` for the model's precision).
+    is unreadable, the I/O does not match the contract, or the outputs differ (:func:`compare_logits`, with
+    ``tolerance`` or else :data:`DEFAULT_TOLERANCE` for the model's precision; :attr:`VerifyReport.passed`).
     """
     import onnxruntime as ort
 
@@ -414,28 +437,46 @@ def verify_export(
     model = model.eval()
     param = next(model.parameters())
     generator = torch.Generator().manual_seed(seed)
-    errors, logits, agreements = [], [], []
+    references, actuals = [], []
     for index in range(batches):
         size = info.batch or (1 + index % 3)
         x = torch.randn(size, *info.input_size, generator=generator)
         with torch.no_grad():
-            reference = model(x.to(device=param.device, dtype=torch.float32)).float().cpu().numpy()
+            references.append(model(x.to(device=param.device, dtype=torch.float32)).float().cpu().numpy())
         (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
         if actual.shape != (size, info.num_classes):
             raise ExportError(f"{onnx_path}: output shape {actual.shape}, expected {(size, info.num_classes)}")
-        errors.append(float(np.abs(actual - reference).max()))
-        logits.append(float(np.abs(reference).max()))
-        agreements.extend(actual.argmax(axis=1) == reference.argmax(axis=1))
-    report = VerifyReport(
-        samples=len(agreements),
-        max_abs_error=max(errors),
-        max_abs_logit=max(logits),
-        top1_agreement=float(np.mean(agreements)),
-        tolerance=tolerance,
-    )
+        actuals.append(actual)
+    report = compare_logits(np.concatenate(references), np.concatenate(actuals), tolerance)
     if not report.passed:
         raise ExportError(f"ONNX Runtime does not match PyTorch: {report.describe()}")
     return report
+
+
+def compare_logits(reference: np.ndarray, actual: np.ndarray, tolerance: float) -> VerifyReport:
+    """:class:`VerifyReport` of ``actual`` against ``reference`` logits, both (samples, classes)."""
+    spread = float(reference.max() - reference.min())
+    if not spread > 0:
+        raise ExportError(f"PyTorch's logits are all {reference.flat[0]:g}: no comparison can tell a good export "
+                          "from a bad one")
+    top5 = min(5, reference.shape[1])
+    ranked = np.argsort(-reference, axis=1, kind="stable")
+    ranked_actual = np.argsort(-actual, axis=1, kind="stable")
+    rows = np.arange(len(reference))
+    agreed = ranked_actual[:, 0] == ranked[:, 0]
+    lead = reference[rows, ranked[:, 0]] - reference[rows, ranked[:, 1]] if reference.shape[1] > 1 else np.inf
+    near_tie = ~agreed & (lead <= 2 * tolerance * spread)
+    shared = [len(set(mine[:top5]) & set(theirs[:top5])) for mine, theirs in zip(ranked_actual, ranked, strict=True)]
+    return VerifyReport(
+        samples=len(reference),
+        max_abs_error=float(np.abs(actual - reference).max()),
+        spread=spread,
+        tolerance=tolerance,
+        top1_agreed=int(agreed.sum()),
+        top1_near_ties=int(near_tie.sum()),
+        top5_min_shared=min(shared),
+        top5_required=min(TOP5_SHARED, top5),
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -509,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tolerance",
         type=float,
-        help="max |onnx-torch| / max(1, max|logit|) (default: "
+        help="max |onnx-torch| / (max - min of the PyTorch logits) (default: "
         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items())
         + ")",
     )
