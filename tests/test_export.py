@@ -409,6 +409,8 @@ def test_cli_random_init_static_batch(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 0, err
     assert "verified:" in stdout and "top-1 agreement 9/9," in stdout  # 3 batches of 3
     assert "exporting to ONNX" in err  # progress lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"], "weights inline below the threshold"
+    assert f"wrote {out} (" in stdout and " + " not in stdout
     info = read_model_info(out)
     assert (info.batch, info.input_size, info.weights) == (3, (3, 64, 64), WeightSource("random", "7"))
     assert (info.mean, info.crop_pct, info.interpolation) == ((0.5, 0.5, 0.5), 0.95, "bicubic")
@@ -425,6 +427,71 @@ def test_cli_failed_verification_writes_nothing(tmp_path: Path, capsys: pytest.C
     assert_one_error_line(err, "ONNX Runtime does not match PyTorch", "tolerance 1e-09")
     assert out.read_bytes() == b"previous good model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def sidecar_locations(graph: Path) -> set[str]:
+    return {entry.value for tensor in onnx.load(str(graph), load_external_data=False).graph.initializer
+            for entry in tensor.external_data if entry.key == "location"}
+
+
+def ort_logits(graph: Path) -> np.ndarray:
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), np.float32)
+    return session.run(None, {"input": x})[0]
+
+
+def test_cli_sidecar_is_named_for_the_graph_and_replaced_only_by_a_verified_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights over the threshold (0 here, 1.5 GiB for real) go to a sidecar named after the final graph and
+    its content; until a new export is verified, the previous pair is left as it was."""
+    monkeypatch.setattr(export_onnx, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = tmp_path / "m.onnx"
+    export = ("test_nfnet", "--random-init", "--input-size", 64, "--out", out)
+    code, stdout, err = run_cli(capsys, *export, "--seed", 1)
+    assert code == 0, err
+    (sidecar,) = (p for p in tmp_path.iterdir() if p != out)
+    assert sidecar.name == f"m.onnx.{hashlib.sha256(sidecar.read_bytes()).hexdigest()[:12]}.data"
+    assert sidecar_locations(out) == {sidecar.name}
+    inline = [t.name for t in onnx.load(str(out), load_external_data=False).graph.initializer if len(t.raw_data) > 256]
+    assert not inline, "the weights are in the sidecar"
+    assert f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) + {sidecar} ({sidecar.stat().st_size / 1e6:.1f} MB):" \
+        in stdout
+    good = {p.name: p.read_bytes() for p in (out, sidecar)}
+    logits = ort_logits(out)
+
+    code, _, err = run_cli(capsys, *export, "--seed", 2, "--tolerance", 1e-12)  # new weights, fails to verify
+    assert code == 1
+    assert_one_error_line(err, "ONNX Runtime does not match PyTorch")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == good
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed during verification")
+
+    monkeypatch.setattr(export_onnx, "verify_export", crash)  # the same weights: the same sidecar name
+    with pytest.raises(RuntimeError, match="killed during verification"):
+        run_cli(capsys, *export, "--seed", 1)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == good
+    monkeypatch.undo()
+
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for name in good:
+        (tmp_path / name).rename(moved / name)
+    assert read_model_info(moved / "m.onnx").weights == WeightSource("random", "1")
+    np.testing.assert_array_equal(ort_logits(moved / "m.onnx"), logits)
+
+    monkeypatch.setattr(export_onnx, "EXTERNAL_DATA_THRESHOLD", 0)
+    for name in good:
+        (moved / name).rename(tmp_path / name)
+    code, _, err = run_cli(capsys, *export, "--seed", 2)
+    assert code == 0, err
+    (new_sidecar,) = (p for p in tmp_path.iterdir() if p not in (out, moved))
+    assert new_sidecar.name != sidecar.name and sidecar_locations(out) == {new_sidecar.name}, \
+        "the previous export's sidecar is removed once the new graph is in place"
+    assert not np.array_equal(ort_logits(out), logits)
+
+
 
 
 def test_cli_without_weights_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

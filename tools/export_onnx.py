@@ -3,8 +3,9 @@
 Pipeline: build the model with exactly one weight source (pretrained tag, checkpoint, or seeded random
 init) → fold weight standardization and 'same' padding (:mod:`tools.ws_fold`) → export with the
 dynamo-based ``torch.onnx`` exporter (input ``input``, output ``logits``; fp16 keeps float32 I/O) →
-embed :class:`~pipelines.model_info.ModelInfo` in ``metadata_props`` → ``onnx.checker`` and graph
-checks → parity check of ONNX Runtime (CPU) against the *unfolded* PyTorch model.
+embed :class:`~pipelines.model_info.ModelInfo` in ``metadata_props`` → save (weights over 1.5 GiB in a
+sidecar) → ``onnx.checker`` and graph checks → parity check of ONNX Runtime (CPU) against the *unfolded*
+PyTorch model → move into place, replacing a previous export only now.
 
 Library functions raise :class:`ExportError`; only :func:`main` turns that into one ``error:`` line.
 """
@@ -12,6 +13,8 @@ Library functions raise :class:`ExportError`; only :func:`main` turns that into 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import socket
 import sys
 import time
@@ -25,6 +28,7 @@ from urllib.request import getproxies
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import timm
 import torch
 from huggingface_hub import constants, try_to_load_from_cache
@@ -32,7 +36,15 @@ from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.models import get_pretrained_cfg, list_pretrained, load_state_dict
 from torch import nn
 
-from pipelines.model_info import ModelInfo, ModelMetadataError, Precision, WeightSource, file_sha256, read_model_info
+from pipelines.model_info import (
+    ModelInfo,
+    ModelMetadataError,
+    Precision,
+    WeightSource,
+    file_sha256,
+    model_files,
+    read_model_info,
+)
 from tools.ws_fold import FoldError, fold_weight_standardization
 
 DEFAULT_OPSET = 18  # broadly supported by EPs; GELU exports as its exact Erf form below opset 20
@@ -47,6 +59,9 @@ DEFAULT_TOLERANCE: dict[Precision, float] = {"fp32": 1e-4, "fp16": 1e-2}
 # Of PyTorch's top 5 classes, ONNX Runtime's top 5 must hold this many on every sample: two near-equal
 # classes at the edge of the top 5 may swap.
 TOP5_SHARED = 4
+# Weights above this many bytes go to a sidecar file: protobuf cannot write a message over 2 GiB, and the
+# graph needs room beside its weights (torch's exporter draws the line at the same size). Read at each export.
+EXTERNAL_DATA_THRESHOLD = 1536 * 2**20
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 SUPPORTED_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
@@ -319,7 +334,8 @@ def export_model(model: nn.Module, info: ModelInfo, out_path: str | Path, *, ops
     """Fold, export and check ``model`` as described by ``info`` (input size, batch, precision).
 
     ``model`` is left in eval mode and otherwise untouched. The ONNX file carries ``info`` in its
-    ``metadata_props``. Raises :class:`ExportError` if it fails ``onnx.checker`` or :func:`check_graph`.
+    ``metadata_props``; a large model's weights go to a sidecar beside it (:func:`save_onnx`). Raises
+    :class:`ExportError` if it fails ``onnx.checker`` or :func:`check_graph`.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +364,7 @@ def export_model(model: nn.Module, info: ModelInfo, out_path: str | Path, *, ops
             raise ExportError(f"torch.onnx.export failed: {_first_line(exc)}") from exc
         program.model.metadata_props.update(info.to_metadata_props())
         try:
-            program.save(out_path)  # weights inline unless the model exceeds protobuf's 2 GB
+            save_onnx(program.model, out_path)
         except OSError as exc:
             raise ExportError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     try:
@@ -357,6 +373,39 @@ def export_model(model: nn.Module, info: ModelInfo, out_path: str | Path, *, ops
         raise ExportError(f"{out_path}: onnx.checker: {_first_line(exc)}") from exc
     check_graph(onnx.load(str(out_path), load_external_data=False))
     return out_path
+
+
+def save_onnx(model: ir.Model, path: Path) -> None:
+    """Write ``model`` to ``path``: its weights inline, or, above :data:`EXTERNAL_DATA_THRESHOLD` bytes, in
+    one sidecar beside it named after the graph and the sidecar's content, ``<graph name>.<sha12>.data``
+    (:func:`sidecar_name`; :func:`export_and_verify` says why)."""
+    weight_bytes = sum(value.const_value.nbytes for value in model.graph.initializers.values()
+                       if value.const_value is not None)
+    if weight_bytes <= EXTERNAL_DATA_THRESHOLD:
+        ir.save(model, path)
+        return
+    unnamed = path.with_name(f"{path.name}.partial.data")
+    ir.save(model, path, external_data=unnamed.name)
+    sidecar = path.with_name(sidecar_name(path.name, file_sha256(unnamed)))
+    unnamed.replace(sidecar)
+    graph = onnx.load(str(path), load_external_data=False)
+    for tensor in graph.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = sidecar.name
+    onnx.save(graph, str(path))
+
+
+def sidecar_name(graph_name: str, sha256: str) -> str:
+    """The name of the weights file of the graph ``graph_name`` whose content has this sha256."""
+    return f"{graph_name}.{sha256[:12]}.data"
+
+
+def _stale_sidecars(graph: Path) -> list[Path]:
+    """The sidecars beside ``graph`` named for it (:func:`sidecar_name`) that it does not use."""
+    pattern = re.compile(re.escape(graph.name) + r"\.[0-9a-f]{12}\.data")
+    used = set(model_files(graph))
+    return sorted(path for path in graph.parent.iterdir() if pattern.fullmatch(path.name) and path not in used)
 
 
 def export_and_verify(
@@ -368,20 +417,33 @@ def export_and_verify(
     batches: int = 3,
     tolerance: float | None = None,
 ) -> tuple[Path, VerifyReport]:
-    """:func:`export_model` then :func:`verify_export`, writing ``out_path`` only if both pass.
+    """:func:`export_model` then :func:`verify_export`, replacing ``out_path`` only once both pass.
 
-    The model is exported next to ``out_path`` and moved into place once verified, so a failed export
-    neither leaves a bad model behind nor destroys a previous good one.
+    The model is written and verified in a folder beside ``out_path`` (``<name>.partial``), then moved in:
+    its sidecar first, if it has one, then the graph by one atomic rename. Until that rename the previous
+    graph and its weights are untouched and valid, and from it on the new pair is, because a sidecar is
+    named after its content (:func:`save_onnx`): the new one cannot overwrite the weights of the previous
+    graph unless they are the same bytes. With a fixed name (``X.onnx.data``), the previous graph would
+    read the new weights for a moment, or for good after a crash between the renames. Once the new graph
+    is in place, the sidecars of earlier exports to ``out_path`` are removed. A failed export removes
+    its folder and touches nothing else.
     """
     out_path = Path(out_path)
-    partial = out_path.with_name(f"{out_path.stem}.partial.onnx")
+    staging = out_path.with_name(f"{out_path.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an export that was killed
     try:
-        export_model(model, info, partial, opset=opset)
+        staged = export_model(model, info, staging / out_path.name, opset=opset)
         with step("verifying with ONNX Runtime"):
-            report = verify_export(model, partial, batches=batches, tolerance=tolerance)
-        partial.replace(out_path)
+            report = verify_export(model, staged, batches=batches, tolerance=tolerance)
+        try:
+            for file in reversed(model_files(staged)):  # the sidecar first, the graph last
+                file.replace(out_path.with_name(file.name))
+        except OSError as exc:
+            raise ExportError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     finally:
-        partial.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    for stale in _stale_sidecars(out_path):
+        stale.unlink(missing_ok=True)
     return out_path, report
 
 
@@ -595,8 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    files = " + ".join(f"{file} ({file.stat().st_size / 1e6:.1f} MB)" for file in model_files(out))
     print(
-        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {info.name} {info.height}x{info.width} "
+        f"wrote {files}: {info.name} {info.height}x{info.width} "
         f"{info.precision} batch {info.batch or 'dynamic'}, {info.num_classes} classes, "
         f"weights {info.weights.describe()}"
     )
