@@ -20,7 +20,7 @@ from timm.models.nfnet import NfCfg, NormFreeBlock, NormFreeNet
 from torch import nn
 
 import tools.export_onnx as export_onnx
-from pipelines.model_info import ModelInfo, WeightSource, read_model_info
+from pipelines.model_info import ModelInfo, WeightSource, model_files, read_model_info
 from tests.nfnet_models import exercise_all_branches, random_biases_and_large_logits
 from tools.export_onnx import (
     ExportError,
@@ -152,7 +152,6 @@ def test_check_graph_rejects_batch_norm_in_training_mode() -> None:
         check_graph(_graph_with([node], params))
 
 
-@pytest.mark.slow
 def test_unfolded_weight_standardization_fails_the_graph_check(tmp_path: Path) -> None:
     """Why folding exists: exported as is, a std conv becomes a training-mode BatchNormalization
     (the exporter's constant folding only hides it for tiny weights)."""
@@ -193,7 +192,6 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     return Exported(model, info, path, verify_export(model, path, batches=3))
 
 
-@pytest.mark.slow
 def test_family_member_matches_pytorch(exported: Exported) -> None:
     report = exported.report
     print(f"{exported.info.name}: {report.describe()}")
@@ -202,14 +200,12 @@ def test_family_member_matches_pytorch(exported: Exported) -> None:
     assert report.top1_agreed == report.samples and report.top5_min_shared == 5
 
 
-@pytest.mark.slow
 def test_family_member_graph_is_inference_friendly(exported: Exported) -> None:
     assert_inference_friendly(exported.path)
     assert "Conv" in op_types(exported.path)
     onnx.checker.check_model(str(exported.path))
 
 
-@pytest.mark.slow
 def test_family_member_metadata_round_trips(exported: Exported) -> None:
     info = read_model_info(exported.path)
     assert info == exported.info
@@ -217,7 +213,6 @@ def test_family_member_metadata_round_trips(exported: Exported) -> None:
     assert info.weights == WeightSource("random", "0")
 
 
-@pytest.mark.slow
 def test_family_member_batch_axis(exported: Exported) -> None:
     session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     (graph_input,), (graph_output,) = session.get_inputs(), session.get_outputs()
@@ -352,7 +347,6 @@ def test_constant_logits_cannot_be_verified() -> None:
 # ---------------------------------------------------------------------------------------------- fp16
 
 
-@pytest.mark.slow
 def test_fp16_export_keeps_float32_io_within_tolerance(tmp_path: Path) -> None:
     torch.manual_seed(3)
     model = exercise_all_branches(NormFreeNet(TINY_SAME_CFG, num_classes=10))
@@ -400,7 +394,6 @@ def assert_one_error_line(err: str, *fragments: str) -> str:
     return errors[0]
 
 
-@pytest.mark.slow
 def test_cli_random_init_static_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.onnx"
     code, stdout, err = run_cli(
@@ -416,7 +409,6 @@ def test_cli_random_init_static_batch(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (info.mean, info.crop_pct, info.interpolation) == ((0.5, 0.5, 0.5), 0.95, "bicubic")
 
 
-@pytest.mark.slow
 def test_cli_failed_verification_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.onnx"
     out.write_bytes(b"previous good model")
@@ -492,6 +484,28 @@ def test_cli_sidecar_is_named_for_the_graph_and_replaced_only_by_a_verified_expo
     assert not np.array_equal(ort_logits(out), logits)
 
 
+# Every member of the family timm registers, as a new user would export it, and the fp16 and dynamic-batch
+# variants of three: about an hour on two cores, up to 9 GiB and two minutes a model (README: the family's status).
+EVERY_EXPORT = [
+    *(pytest.param(name, (), id=name) for name in timm.list_models("*nfnet*") + timm.list_models("nf_*")),
+    *(pytest.param(name, ("--fp16", "--dynamic-batch"), id=f"{name}-fp16-dynamic")
+      for name in ("dm_nfnet_f0", "eca_nfnet_l0", "nf_regnet_b1")),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "options"), EVERY_EXPORT)
+def test_every_family_member_exports_and_verifies(
+    name: str, options: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / f"{name}.onnx"
+    code, stdout, err = run_cli(capsys, name, "--random-init", "--seed", 0, "--input-size", 64, *options, "--out", out)
+    assert code == 0, err
+    print(stdout)
+    files = model_files(out)
+    assert sorted(tmp_path.iterdir()) == sorted(files), "nothing else left behind"
+    with_sidecar = sum(file.stat().st_size for file in files) > export_onnx.EXTERNAL_DATA_THRESHOLD
+    assert len(files) == 1 + with_sidecar
 
 
 def test_cli_without_weights_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -545,7 +559,6 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path
     return model, pth, safetensors_path, labels
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pth", "safetensors"])
 def test_cli_exports_finetuned_checkpoint(
     kind: str, finetuned: tuple[nn.Module, Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
