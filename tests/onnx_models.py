@@ -77,3 +77,18 @@ def colour_model(path: Path, info: ModelInfo | None = None, with_metadata: bool 
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def sidecar_twins(folder: Path) -> tuple[Path, Path]:
+    """Two colour models, ``folder/a/colour.onnx`` and ``folder/b/colour.onnx``, whose graphs are the same bytes
+    and whose weights, in the sidecar ``colour.onnx.data`` beside each, differ: b's swap red and green."""
+    models = []
+    for name, order in (("a", [0, 1, 2]), ("b", [1, 0, 2])):
+        (folder / name).mkdir(parents=True)
+        path = colour_model(folder / name / "colour.onnx")
+        model = onnx.load(str(path))
+        (weights,) = model.graph.initializer
+        weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights)[:, order], "weights"))
+        onnx.save_model(model, str(path), save_as_external_data=True, location="colour.onnx.data", size_threshold=0)
+        models.append(path)
+    return models[0], models[1]

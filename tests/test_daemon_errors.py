@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO, free_port, solid_frames, write_video
 from tests.double_fixtures import daemon_on_onnxruntime_migraphx
-from tests.onnx_models import colour_model
+from tests.onnx_models import colour_model, sidecar_twins
 
 EXIT_CONFIG, EXIT_STARTUP = 2, 3
 
@@ -83,6 +83,14 @@ def test_model_without_metadata(tmp_path: Path, video: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(config_text(model, video))
     assert_clean_error(run_daemon(config), EXIT_STARTUP, "no 'nfnet_stream.*' metadata", "nfnet-export")
+
+
+def test_model_whose_weights_file_is_missing(tmp_path: Path, video: Path) -> None:
+    model, _ = sidecar_twins(tmp_path)
+    (model.parent / "colour.onnx.data").unlink()
+    config = tmp_path / "c.toml"
+    config.write_text(config_text(model, video))
+    assert_clean_error(run_daemon(config), EXIT_STARTUP, "external weight data not found", "colour.onnx.data")
 
 
 def test_unreadable_video(tmp_path: Path, colour_model_path: Path) -> None:

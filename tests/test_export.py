@@ -16,15 +16,16 @@ import torch
 from onnx import TensorProto, helper
 from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
-from timm.models.nfnet import NfCfg, NormFreeNet
+from timm.models.nfnet import NfCfg, NormFreeBlock, NormFreeNet
 from torch import nn
 
 import tools.export_onnx as export_onnx
-from pipelines.model_info import ModelInfo, WeightSource, read_model_info
-from tests.nfnet_models import exercise_all_branches
+from pipelines.model_info import ModelInfo, WeightSource, model_files, read_model_info
+from tests.nfnet_models import exercise_all_branches, random_biases_and_large_logits
 from tools.export_onnx import (
     ExportError,
     check_graph,
+    compare_logits,
     data_config_for,
     export_model,
     main,
@@ -151,7 +152,6 @@ def test_check_graph_rejects_batch_norm_in_training_mode() -> None:
         check_graph(_graph_with([node], params))
 
 
-@pytest.mark.slow
 def test_unfolded_weight_standardization_fails_the_graph_check(tmp_path: Path) -> None:
     """Why folding exists: exported as is, a std conv becomes a training-mode BatchNormalization
     (the exporter's constant folding only hides it for tiny weights)."""
@@ -184,7 +184,7 @@ FAMILY = [  # name, (H, W), batch: odd sizes give asymmetric 'same' pads and cei
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Exported:
     name, input_hw, batch = request.param
     model, weights = random_model(name, seed=0)
-    exercise_all_branches(model)
+    random_biases_and_large_logits(model)
     info = model_info(
         name, data_config_for(model, input_hw), labels=resolve_labels(model, None), weights=weights, batch=batch
     )
@@ -192,23 +192,20 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     return Exported(model, info, path, verify_export(model, path, batches=3))
 
 
-@pytest.mark.slow
 def test_family_member_matches_pytorch(exported: Exported) -> None:
     report = exported.report
     print(f"{exported.info.name}: {report.describe()}")
-    assert report.max_abs_logit > 1.0, "logits must be non-trivial for the comparison to mean anything"
-    assert report.max_abs_error < 1e-4 * report.max_abs_logit
-    assert report.top1_agreement == 1.0
+    assert report.spread > 1.0, "logits must be non-trivial for the comparison to mean anything"
+    assert report.scaled_error < 1e-5
+    assert report.top1_agreed == report.samples and report.top5_min_shared == 5
 
 
-@pytest.mark.slow
 def test_family_member_graph_is_inference_friendly(exported: Exported) -> None:
     assert_inference_friendly(exported.path)
     assert "Conv" in op_types(exported.path)
     onnx.checker.check_model(str(exported.path))
 
 
-@pytest.mark.slow
 def test_family_member_metadata_round_trips(exported: Exported) -> None:
     info = read_model_info(exported.path)
     assert info == exported.info
@@ -216,7 +213,6 @@ def test_family_member_metadata_round_trips(exported: Exported) -> None:
     assert info.weights == WeightSource("random", "0")
 
 
-@pytest.mark.slow
 def test_family_member_batch_axis(exported: Exported) -> None:
     session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     (graph_input,), (graph_output,) = session.get_inputs(), session.get_outputs()
@@ -250,10 +246,107 @@ def test_unsupported_crop_mode_is_refused() -> None:
         model_info("test_nfnet", config, labels=["a"], weights=WeightSource("random", "0"), batch=1)
 
 
+# ---------------------------------------------------------------------------------------- random init
+
+
+def branch_gates(model: nn.Module) -> list[torch.Tensor]:
+    """The parameter that turns each residual branch on or off: its skipinit gain, else its last conv's gain."""
+    return [block.skipinit_gain if block.skipinit_gain is not None else block.conv3.gain
+            for block in model.modules() if isinstance(block, NormFreeBlock)]
+
+
+@pytest.mark.parametrize("name", ["dm_nfnet_f0", "nf_regnet_b0", "nf_resnet26"])  # skipinit, and last-conv gains
+def test_random_init_makes_every_residual_branch_count(name: str) -> None:
+    """timm starts every residual branch at zero, so a check of its init sees only the stem, the shortcuts and
+    the head; under --random-init, turning off any one branch moves the logits."""
+    assert all(not gate.any() for gate in branch_gates(timm.create_model(name))), "timm's init: all branches off"
+    model, _ = random_model(name, seed=0)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+        spread = float(reference.max() - reference.min())
+        for index, gate in enumerate(branch_gates(model)):
+            kept = gate.clone()
+            gate.zero_()
+            moved = float((model(x) - reference).abs().max())
+            gate.copy_(kept)
+            assert moved > 1e-3 * spread, f"branch {index} of {name} does not show in the logits"
+
+
+def test_random_init_is_seeded() -> None:
+    first, second, other = (random_model("test_nfnet", seed)[0].state_dict() for seed in (5, 5, 6))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    gains = [key for key in first if key.endswith(".gain")]
+    assert gains and not any(torch.equal(first[key], other[key]) for key in gains)
+
+
+def test_verification_sees_every_branch(tmp_path: Path) -> None:
+    """An export that lost any one residual branch fails the check (fp32 tolerance)."""
+    model, weights = random_model("test_nfnet", seed=0)
+    info = model_info("test_nfnet", data_config_for(model, (64, 64)), labels=resolve_labels(model, None),
+                      weights=weights, batch=None)
+    path = export_model(model, info, tmp_path / "m.onnx")
+    verify_export(model, path)
+    with torch.no_grad():
+        for gate in branch_gates(model):
+            kept = gate.clone()
+            gate.zero_()
+            with pytest.raises(ExportError, match="does not match PyTorch"):
+                verify_export(model, path)
+            gate.copy_(kept)
+
+
+# -------------------------------------------------------------------------------------- verification
+
+# Logits as small as those of timm's random init (0.06 to 0.28 in the survey of issue 14).
+SMALL_LOGITS = np.random.default_rng(0).uniform(0.06, 0.28, size=(3, 1000)).astype(np.float32)
+
+
+def test_small_logits_badly_wrong_fail_the_fp16_check() -> None:
+    """An absolute 0.05 (the old fp16 tolerance below |logit| 1) is a fifth of these logits' spread."""
+    wrong = SMALL_LOGITS + np.random.default_rng(1).uniform(-0.045, 0.045, SMALL_LOGITS.shape).astype(np.float32)
+    report = compare_logits(SMALL_LOGITS, wrong, export_onnx.DEFAULT_TOLERANCE["fp16"])
+    assert not report.passed and report.scaled_error > 0.1
+
+
+def test_fp16_sized_errors_pass_and_near_ties_are_not_failures() -> None:
+    reference = SMALL_LOGITS.copy()
+    reference[1, 3] = reference[1].max() + 0.001
+    reference[1, 4] = reference[1, 3] - 0.0005  # a near-tie for the top
+    actual = reference + 0.0002
+    actual[1, 4] += 0.0006  # an fp16-sized error that swaps it
+    report = compare_logits(reference, actual, export_onnx.DEFAULT_TOLERANCE["fp16"])
+    assert report.passed, report.describe()
+    assert (report.top1_agreed, report.top1_near_ties, report.top5_min_shared) == (2, 1, 5)
+    assert "top-1 agreement 2/3 (1 more on near-ties)" in report.describe()
+
+
+def test_top1_and_top5_are_required() -> None:
+    tolerance = export_onnx.DEFAULT_TOLERANCE["fp16"]
+    reference = SMALL_LOGITS.copy()
+    top = reference.argsort(axis=1)[:, ::-1]
+    reference[0, top[0, 0]] += 0.05  # a clear winner
+    swapped = reference.copy()
+    swapped[0, [top[0, 0], top[0, 9]]] = swapped[0, [top[0, 9], top[0, 0]]]  # ... swaps with the 10th
+    report = compare_logits(reference, swapped, tolerance)
+    assert not report.passed and report.top1_agreed == 2 and report.top1_near_ties == 0
+
+    edge = reference.copy()  # ranks 3 to 6 nearly equal: an error within tolerance may reorder them
+    edge[0, top[0, 3:7]] = edge[0, top[0, 2]] - [0.0001, 0.0002, 0.0003, 0.0004]
+    reordered = edge.copy()
+    reordered[0, top[0, 3:7]] = edge[0, top[0, 2]] - [0.0004, 0.0003, 0.0002, 0.0001]
+    report = compare_logits(edge, reordered, tolerance)
+    assert report.scaled_error <= tolerance and report.top5_min_shared == 3 and not report.passed
+
+
+def test_constant_logits_cannot_be_verified() -> None:
+    with pytest.raises(ExportError, match="logits are all 0: no comparison"):
+        compare_logits(np.zeros((2, 10), np.float32), np.zeros((2, 10), np.float32), 1e-4)
+
+
 # ---------------------------------------------------------------------------------------------- fp16
 
 
-@pytest.mark.slow
 def test_fp16_export_keeps_float32_io_within_tolerance(tmp_path: Path) -> None:
     torch.manual_seed(3)
     model = exercise_all_branches(NormFreeNet(TINY_SAME_CFG, num_classes=10))
@@ -301,21 +394,21 @@ def assert_one_error_line(err: str, *fragments: str) -> str:
     return errors[0]
 
 
-@pytest.mark.slow
 def test_cli_random_init_static_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.onnx"
     code, stdout, err = run_cli(
         capsys, "test_nfnet", "--random-init", "--seed", 7, "--input-size", 64, "--batch", 3, "--out", out
     )
     assert code == 0, err
-    assert "verified:" in stdout and "top-1 agreement 100.0%" in stdout
+    assert "verified:" in stdout and "top-1 agreement 9/9," in stdout  # 3 batches of 3
     assert "exporting to ONNX" in err  # progress lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"], "weights inline below the threshold"
+    assert f"wrote {out} (" in stdout and " + " not in stdout
     info = read_model_info(out)
     assert (info.batch, info.input_size, info.weights) == (3, (3, 64, 64), WeightSource("random", "7"))
     assert (info.mean, info.crop_pct, info.interpolation) == ((0.5, 0.5, 0.5), 0.95, "bicubic")
 
 
-@pytest.mark.slow
 def test_cli_failed_verification_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.onnx"
     out.write_bytes(b"previous good model")
@@ -326,6 +419,93 @@ def test_cli_failed_verification_writes_nothing(tmp_path: Path, capsys: pytest.C
     assert_one_error_line(err, "ONNX Runtime does not match PyTorch", "tolerance 1e-09")
     assert out.read_bytes() == b"previous good model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def sidecar_locations(graph: Path) -> set[str]:
+    return {entry.value for tensor in onnx.load(str(graph), load_external_data=False).graph.initializer
+            for entry in tensor.external_data if entry.key == "location"}
+
+
+def ort_logits(graph: Path) -> np.ndarray:
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), np.float32)
+    return session.run(None, {"input": x})[0]
+
+
+def test_cli_sidecar_is_named_for_the_graph_and_replaced_only_by_a_verified_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights over the threshold (0 here, 1.5 GiB for real) go to a sidecar named after the final graph and
+    its content; until a new export is verified, the previous pair is left as it was."""
+    monkeypatch.setattr(export_onnx, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = tmp_path / "m.onnx"
+    export = ("test_nfnet", "--random-init", "--input-size", 64, "--out", out)
+    code, stdout, err = run_cli(capsys, *export, "--seed", 1)
+    assert code == 0, err
+    (sidecar,) = (p for p in tmp_path.iterdir() if p != out)
+    assert sidecar.name == f"m.onnx.{hashlib.sha256(sidecar.read_bytes()).hexdigest()[:12]}.data"
+    assert sidecar_locations(out) == {sidecar.name}
+    inline = [t.name for t in onnx.load(str(out), load_external_data=False).graph.initializer if len(t.raw_data) > 256]
+    assert not inline, "the weights are in the sidecar"
+    assert f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) + {sidecar} ({sidecar.stat().st_size / 1e6:.1f} MB):" \
+        in stdout
+    good = {p.name: p.read_bytes() for p in (out, sidecar)}
+    logits = ort_logits(out)
+
+    code, _, err = run_cli(capsys, *export, "--seed", 2, "--tolerance", 1e-12)  # new weights, fails to verify
+    assert code == 1
+    assert_one_error_line(err, "ONNX Runtime does not match PyTorch")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == good
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed during verification")
+
+    monkeypatch.setattr(export_onnx, "verify_export", crash)  # the same weights: the same sidecar name
+    with pytest.raises(RuntimeError, match="killed during verification"):
+        run_cli(capsys, *export, "--seed", 1)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == good
+    monkeypatch.undo()
+
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for name in good:
+        (tmp_path / name).rename(moved / name)
+    assert read_model_info(moved / "m.onnx").weights == WeightSource("random", "1")
+    np.testing.assert_array_equal(ort_logits(moved / "m.onnx"), logits)
+
+    monkeypatch.setattr(export_onnx, "EXTERNAL_DATA_THRESHOLD", 0)
+    for name in good:
+        (moved / name).rename(tmp_path / name)
+    code, _, err = run_cli(capsys, *export, "--seed", 2)
+    assert code == 0, err
+    (new_sidecar,) = (p for p in tmp_path.iterdir() if p not in (out, moved))
+    assert new_sidecar.name != sidecar.name and sidecar_locations(out) == {new_sidecar.name}, \
+        "the previous export's sidecar is removed once the new graph is in place"
+    assert not np.array_equal(ort_logits(out), logits)
+
+
+# Every member of the family timm registers, as a new user would export it, and the fp16 and dynamic-batch
+# variants of three: about an hour on two cores, up to 9 GiB and two minutes a model (README: the family's status).
+EVERY_EXPORT = [
+    *(pytest.param(name, (), id=name) for name in timm.list_models("*nfnet*") + timm.list_models("nf_*")),
+    *(pytest.param(name, ("--fp16", "--dynamic-batch"), id=f"{name}-fp16-dynamic")
+      for name in ("dm_nfnet_f0", "eca_nfnet_l0", "nf_regnet_b1")),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "options"), EVERY_EXPORT)
+def test_every_family_member_exports_and_verifies(
+    name: str, options: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / f"{name}.onnx"
+    code, stdout, err = run_cli(capsys, name, "--random-init", "--seed", 0, "--input-size", 64, *options, "--out", out)
+    assert code == 0, err
+    print(stdout)
+    files = model_files(out)
+    assert sorted(tmp_path.iterdir()) == sorted(files), "nothing else left behind"
+    with_sidecar = sum(file.stat().st_size for file in files) > export_onnx.EXTERNAL_DATA_THRESHOLD
+    assert len(files) == 1 + with_sidecar
 
 
 def test_cli_without_weights_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -379,7 +559,6 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path
     return model, pth, safetensors_path, labels
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pth", "safetensors"])
 def test_cli_exports_finetuned_checkpoint(
     kind: str, finetuned: tuple[nn.Module, Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]

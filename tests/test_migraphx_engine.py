@@ -19,11 +19,11 @@ import pytest
 from pipelines.engines import EngineConfig, EngineError, migraphx_engine, migraphx_unavailable
 from pipelines.engines.config import MigraphxOptions
 from pipelines.engines.migraphx_engine import MigraphxEngine, import_migraphx
-from pipelines.model_info import read_model_info
+from pipelines.model_info import model_sha256, read_model_info
 from tests.conftest import SHAPES_MODEL
 from tests.double_fixtures import Doubles, use_doubles
 from tests.doubles.device import DEVICE
-from tests.onnx_models import colour_model
+from tests.onnx_models import colour_model, sidecar_twins
 
 INFO = read_model_info(SHAPES_MODEL)
 
@@ -259,6 +259,23 @@ def test_the_cache_key_is_the_device_hip_reports(tmp_path: Path, monkeypatch: py
     assert {(key["compute_units"], key["hip_runtime_version"]) for key in keys} == {(110, 70253211)}
     assert {key["migraphx_version"] for key in keys} == {"2.15.0-double"}
     assert {(key["offload_copy"], key["fast_math"], key["exhaustive_tune"]) for key in keys} == {(False, True, False)}
+
+
+def test_a_model_whose_only_change_is_its_sidecar_gets_its_own_program(tmp_path: Path) -> None:
+    """The same graph bytes with other weights in its sidecar: a program compiled from the old weights must
+    not be loaded for it."""
+    doubles = use_doubles()
+    models, scores = sidecar_twins(tmp_path / "models"), []
+    for model in models:
+        engine = build(doubles, tmp_path / "cache", model)
+        assert engine.build_report is not None and engine.build_report.cache == "miss"
+        (buffer,) = engine.input_buffers(1)
+        buffer[:] = 0.0
+        buffer[:, 0] = 1.0  # red
+        scores.append(engine.infer(buffer, 4))
+        engine.close()
+    assert [score.argmax(axis=1).tolist() for score in scores] == [[0] * 4, [1] * 4]
+    assert sorted(key["model_sha256"] for key in cache_keys(tmp_path / "cache")) == sorted(map(model_sha256, models))
 
 
 def test_the_device_used_is_the_one_in_the_key_and_the_one_compiled_for(tmp_path: Path) -> None:
