@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -78,7 +78,16 @@ def _sample_memory(daemon: Daemon, stop: threading.Event, into: list[float], rea
         stop.wait(0.25)
 
 
-def _collect(endpoint: str, stop: threading.Event, into: list[dict[str, Any]]) -> None:
+class Timing(NamedTuple):
+    """What the figures need of one label message (the whole message would make the daemon's process, which
+    this benchmark shares, grow by kilobytes a frame and hide the daemon's own memory growth)."""
+
+    stream_id: str
+    total_ms: float
+    inference_ms: float
+
+
+def _collect(endpoint: str, stop: threading.Event, into: list[Timing]) -> None:
     context = zmq.Context.instance()
     subscriber = context.socket(zmq.SUB)
     subscriber.setsockopt(zmq.RCVHWM, 0)
@@ -89,7 +98,8 @@ def _collect(endpoint: str, stop: threading.Event, into: list[dict[str, Any]]) -
         if subscriber.poll(100):
             message = json.loads(subscriber.recv_multipart()[1])
             if message["type"] == "label":
-                into.append(message)
+                latency = message["latency_ms"]
+                into.append(Timing(message["stream_id"], latency["total"], latency["inference"]))
     subscriber.close()
 
 
@@ -118,7 +128,7 @@ def run_load(model: Path, engine: EngineConfig, video: Path, frames: int, stream
         "logging": {"level": "warning"},
     }) for sources in (steady, [*steady, {"id": CHURN_ID, "path": str(churn[0] if churn else video), "pace": True}])]
     reloaded: list[int] = []
-    messages: list[dict[str, Any]] = []
+    messages: list[Timing] = []
     stop = threading.Event()
     collector = threading.Thread(target=_collect, args=(f"tcp://127.0.0.1:{port}", stop, messages))
     collector.start()
@@ -141,9 +151,9 @@ def run_load(model: Path, engine: EngineConfig, video: Path, frames: int, stream
         for sample in metric.samples:
             if sample.name.endswith("_total") and sample.labels["stream"] != CHURN_ID:
                 dropped[sample.labels["cause"]] = dropped.get(sample.labels["cause"], 0.0) + sample.value
-    messages = [m for m in messages if m["stream_id"] != CHURN_ID]
-    totals = np.array([m["latency_ms"]["total"] for m in messages])
-    inference = np.array([m["latency_ms"]["inference"] for m in messages])
+    messages = [m for m in messages if m.stream_id != CHURN_ID]
+    totals = np.array([m.total_ms for m in messages])
+    inference = np.array([m.inference_ms for m in messages])
     read = len(messages) + sum(dropped.values())
     return LoadResult(
         load=load, frames_offered=frames * streams, frames_accounted=round(read),
