@@ -485,7 +485,7 @@ def test_cli_sidecar_is_named_for_the_graph_and_replaced_only_by_a_verified_expo
 
 
 # Every member of the family timm registers, as a new user would export it, and the fp16 and dynamic-batch
-# variants of three: about an hour on two cores, up to 9 GiB and two minutes a model (README: the family's status).
+# variants of three: about 20 minutes on two cores, up to 9 GiB and two minutes a model (README: the family's status).
 EVERY_EXPORT = [
     *(pytest.param(name, (), id=name) for name in timm.list_models("*nfnet*") + timm.list_models("nf_*")),
     *(pytest.param(name, ("--fp16", "--dynamic-batch"), id=f"{name}-fp16-dynamic")
