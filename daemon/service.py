@@ -32,7 +32,7 @@ from pipelines.publishers import Publisher, PublisherError, create_publishers
 from pipelines.publishers.message import RunIdentity
 from pipelines.publishers.zmq import ZmqPublisher
 from pipelines.runtime import Pipeline, PipelineMetrics
-from pipelines.sources import OpenCvSource, SourceConfig, SourceError, create_sources, is_live
+from pipelines.sources import Source, SourceConfig, SourceError, create_sources, is_live
 from pipelines.sources.config import describe_source
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class DaemonFailure(RuntimeError):
 STARTUP_STATUS_EVERY_S = 5.0  # systemd status lines during a long start-up step (a compile)
 
 
-def open_sources(configs: list[SourceConfig], cfg: DaemonConfig) -> list[OpenCvSource]:
+def open_sources(configs: list[SourceConfig], cfg: DaemonConfig) -> list[Source]:
     """The sources of ``configs`` (all or some of ``cfg``'s), checked, files opened: a file that cannot be read
     is a configuration error, raised here (:class:`SourceError`; the others are closed). Live sources are
     opened by their capture stage, which keeps retrying: a camera that is down must not stop the daemon
@@ -79,7 +79,7 @@ class Daemon:
         self.metrics = PipelineMetrics()
         self.info: ModelInfo | None = None
         self.engine: Engine | None = None
-        self.sources: list[OpenCvSource] = []
+        self.sources: list[Source] = []
         self.publishers: list[Publisher] = []
         self.http: MetricsServer | None = None
         self.pipeline: Pipeline | None = None

@@ -76,3 +76,4 @@ def test_ceiling_benchmark_reports_decode_preprocess_and_daemon_rates() -> None:
         assert min(row["decode_fps"], row["decode_daemon_threads_fps"], row["decode_preprocess_fps"],
                    row["daemon_fps"]) > 0
         assert row["ratio"] == row["daemon_fps"] / row["decode_fps"] and row["daemon_peak_rss_mb"] > 50
+        assert row["daemon_pyav_fps"] > 0 and row["pyav_ratio"] == row["daemon_pyav_fps"] / row["decode_fps"]

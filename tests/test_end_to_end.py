@@ -80,11 +80,14 @@ def test_trained_model_labels_every_frame_right(tmp_path: Path, daemon_process, 
     assert "Traceback" not in daemon.stderr
 
 
-def test_readme_demo_command_labels_the_bundled_video(tmp_path: Path) -> None:
-    """The README's demo, on free ports: exit 0, one printed line per frame, ≥ 99% right."""
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_readme_demo_command_labels_the_bundled_video(tmp_path: Path, decoder: str) -> None:
+    """The README's demo, on free ports: exit 0, one printed line per frame, ≥ 99% right; also with the
+    video decoded by PyAV (planes shrunk before their conversion)."""
     demo = (REPO / "configs" / "demo.toml").read_text()
     demo = demo.replace("tcp://127.0.0.1:5555", f"tcp://127.0.0.1:{free_port()}")
     demo = demo.replace("port = 9612", f"port = {free_port()}").replace('"../', f'"{REPO}/')
+    demo = demo.replace('demo_shapes.mp4"\n', f'demo_shapes.mp4"\ndecoder = "{decoder}"\n', 1)
     config = tmp_path / "demo.toml"
     config.write_text(demo)
     result = subprocess.run([sys.executable, "-m", "daemon", "--config", str(config)], cwd=REPO,

@@ -11,6 +11,7 @@ import timm.data
 from pipelines.model_info import ModelInfo, WeightSource
 from pipelines.preprocess import BufferPool, FrameShrinker, Normaliser, Preprocessor, plan_resize
 from pipelines.preprocess.transform import FrameFormatError, RoiError, halvings
+from pipelines.sources.base import Yuv420
 from pipelines.sources.config import RoiConfig
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -176,3 +177,63 @@ def test_a_region_of_interest_that_does_not_fit_the_frame_says_so() -> None:
         shrink(np.zeros((720, 1280, 3), dtype=np.uint8))
     shrink.roi = RoiConfig(x=0.5, width=0.5, height=1.0, units="fraction")  # replaced while frames flow
     assert shrink(np.zeros((720, 1280, 3), dtype=np.uint8)).shape == (3, 64, 64)
+
+
+def yuv420_of(rgb: np.ndarray, full_range: bool = False) -> Yuv420:
+    """``rgb`` as a decoder of H.264 (video range) or MJPEG (full range) would hold it: BT.601 4:2:0 planes."""
+    height, width = rgb.shape[:2]
+    if full_range:
+        ycrcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)  # JPEG's full-range BT.601
+        chroma = cv2.resize(ycrcb, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+        return Yuv420(ycrcb[:, :, 0], chroma[:, :, 2].copy(), chroma[:, :, 1].copy(), full_range=True)
+    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)  # video-range BT.601, as libx264 stores it
+    quarter = height * width // 4
+    chroma = i420[height:].reshape(-1)
+    return Yuv420(i420[:height], chroma[:quarter].reshape(height // 2, width // 2),
+                  chroma[quarter:].reshape(height // 2, width // 2), full_range=False)
+
+
+def ours_from_planes(planes: Yuv420, info: ModelInfo) -> np.ndarray:
+    out = np.full(info.input_size, np.nan, dtype=np.float32)
+    Normaliser(info)(FrameShrinker(info)(planes), out)
+    return out
+
+
+@pytest.mark.parametrize(("frame_hw", "size", "crop_pct", "limit"), [
+    ((480, 640), (224, 224), 0.875, 2.0),
+    ((1080, 1920), (224, 224), 0.875, 3.0),
+    ((720, 1280), (256, 256), 0.94, 3.0),
+    ((120, 160), (224, 224), 0.875, 3.0),  # upscale: chroma interpolated here, repeated by the reference's conversion
+])
+def test_yuv_planes_close_to_timm_on_the_decoders_rgb(frame_hw: tuple[int, int], size: tuple[int, int],
+                                                       crop_pct: float, limit: float) -> None:
+    """Planes shrunk, then converted, against timm on the RGB the decoder would have converted them to first
+    (OpenCV's read(): BT.601, chroma upsampled): the same bound as for RGB frames, half a level wider for
+    chroma shrunk from half resolution."""
+    info = info_for(size, crop_pct)
+    planes = yuv420_of(natural_image(*frame_hw))
+    decoders_rgb = cv2.cvtColor(np.concatenate((planes.y, planes.u.reshape(-1, frame_hw[1]),
+                                                planes.v.reshape(-1, frame_hw[1]))), cv2.COLOR_YUV2RGB_I420)
+    difference = mean_abs_levels(ours_from_planes(planes, info), timm_reference(decoders_rgb, info))
+    assert difference < limit, f"mean |ours - timm| = {difference:.2f} 8-bit levels"
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+@pytest.mark.parametrize("rgb", [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0), (90, 140, 200)])
+def test_yuv_planes_keep_their_colour_in_either_range(rgb: tuple[int, int, int], full_range: bool) -> None:
+    info = info_for((32, 32), 1.0, interpolation="bilinear")
+    frame = np.empty((48, 64, 3), dtype=np.uint8)
+    frame[:] = rgb
+    pixels = FrameShrinker(info)(yuv420_of(frame, full_range))
+    assert pixels.shape == (3, 32, 32) and pixels.dtype == np.uint8
+    assert np.abs(pixels.reshape(3, -1).astype(int) - np.array(rgb)[:, None]).max() <= 2
+
+
+def test_a_region_of_interest_of_planes_is_shrunk_as_if_it_were_the_frame() -> None:
+    info = info_for((64, 64), 0.875)
+    planes = yuv420_of(natural_image(720, 1280))
+    roi = RoiConfig(x=320, y=90, width=640, height=360)
+    region = Yuv420(planes.y[90:450, 320:960], planes.u[45:225, 160:480], planes.v[45:225, 160:480], False)
+    np.testing.assert_array_equal(FrameShrinker(info, roi)(planes), FrameShrinker(info)(region))
+    with pytest.raises(RoiError, match=r"does not fit a 1280x720 frame"):
+        FrameShrinker(info, RoiConfig(x=1200, y=0, width=100, height=100))(planes)

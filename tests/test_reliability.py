@@ -59,9 +59,11 @@ def damaged(path: Path) -> Path:
     return path
 
 
-def file_config(tmp_path: Path, video: Path, extra: str = "", exit_when_done: bool = True) -> tuple[str, int, int]:
+def file_config(tmp_path: Path, video: Path, extra: str = "", exit_when_done: bool = True,
+                decoder: str = "opencv") -> tuple[str, int, int]:
     zmq_port, metrics_port = free_port(), free_port()
     text = daemon_config(SHAPES_MODEL, {"cam": video}, zmq_port, metrics_port, exit_when_done)
+    text = text.replace(f'path = "{video}"\n', f'path = "{video}"\ndecoder = "{decoder}"\n')
     return text.replace("[pipeline]\n", f"[pipeline]\n{extra}"), zmq_port, metrics_port
 
 
@@ -86,11 +88,12 @@ def assert_every_frame_accounted(subscriber: Subscriber) -> int:
     return labels[-1]["frame_index"] + 1 if labels else 0
 
 
-@pytest.mark.parametrize("fail_on_incomplete", [True, False])
+@pytest.mark.parametrize(("fail_on_incomplete", "decoder"), [(True, "opencv"), (False, "opencv"), (True, "pyav")])
 def test_a_damaged_file_is_read_to_its_end_with_every_frame_accounted(tmp_path: Path, daemon_process,
-                                                                      fail_on_incomplete: bool) -> None:
+                                                                      fail_on_incomplete: bool, decoder: str) -> None:
     video = damaged(tmp_path / "damaged.mp4")
-    config, zmq_port, _ = file_config(tmp_path, video, f"fail_on_incomplete = {str(fail_on_incomplete).lower()}\n")
+    config, zmq_port, _ = file_config(tmp_path, video, f"fail_on_incomplete = {str(fail_on_incomplete).lower()}\n",
+                                      decoder=decoder)
     daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
     assert daemon.wait(60) == (4 if fail_on_incomplete else 0), daemon.stderr
     end = subscriber.statuses[-1]
@@ -103,11 +106,12 @@ def test_a_damaged_file_is_read_to_its_end_with_every_frame_accounted(tmp_path: 
     assert "not every source was read in full" in daemon.stderr and "Traceback" not in daemon.stderr
 
 
-def test_a_file_cut_short_says_how_much_is_missing(tmp_path: Path, daemon_process) -> None:
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_a_file_cut_short_says_how_much_is_missing(tmp_path: Path, daemon_process, decoder: str) -> None:
     video = tmp_path / "cut.mp4"
     whole = h264(tmp_path / "whole.mp4", faststart=True).read_bytes()  # index first: the half still opens
     video.write_bytes(whole[: len(whole) // 2])
-    config, zmq_port, metrics_port = file_config(tmp_path, video, exit_when_done=False)
+    config, zmq_port, metrics_port = file_config(tmp_path, video, exit_when_done=False, decoder=decoder)
     daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
     daemon.wait_for_log("all streams ended")
     metrics = scrape(metrics_port)

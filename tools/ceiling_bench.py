@@ -10,15 +10,18 @@ each case (streams x resolution), in one run and interleaved so that drift in ma
 - ``decode+preprocess``: that plus the daemon's preprocessing of every frame (its capture-thread shrink
   and its batcher's normalisation into a batch row);
 - ``daemon``: the whole daemon with the bundled small model (so the engine costs next to nothing), in a
-  process of its own, from ready to its last label published; and that process's peak resident memory.
+  process of its own, from ready to its last label published; and that process's peak resident memory;
+- ``daemon, pyav``: the same with the files decoded by PyAV (``decoder = "pyav"``: planes shrunk before
+  their conversion), when PyAV is installed.
 
-Reports frames/s (all streams together) and daemon/decode. The videos are ffmpeg's ``testsrc2`` encoded
-with libx264 ``veryfast`` (needs the ``ffmpeg`` program: ``apt install ffmpeg``).
+Reports frames/s (all streams together) and daemon/decode for either decoder. The videos are ffmpeg's
+``testsrc2`` encoded with libx264 ``veryfast`` (needs the ``ffmpeg`` program: ``apt install ffmpeg``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -75,10 +78,15 @@ class CaseResult:
     decode_preprocess_fps: float
     daemon_fps: float
     daemon_peak_rss_mb: float
+    daemon_pyav_fps: float | None  # None: PyAV not installed
 
     @property
     def ratio(self) -> float:
         return self.daemon_fps / self.decode_fps
+
+    @property
+    def pyav_ratio(self) -> float | None:
+        return None if self.daemon_pyav_fps is None else self.daemon_pyav_fps / self.decode_fps
 
 
 def make_h264(path: Path, width: int, height: int, frames: int) -> Path:
@@ -136,7 +144,8 @@ def decode_preprocess_fps(video: Path, streams: int, threads: int, info: ModelIn
     return _per_stream(streams, decode_and_preprocess)
 
 
-def _daemon_run(model: str, video: str, streams: int, frames: int, result: multiprocessing.Queue) -> None:
+def _daemon_run(model: str, video: str, streams: int, frames: int, decoder: str,
+                result: multiprocessing.Queue) -> None:
     """In a process of its own: the daemon on ``streams`` copies of ``video``; frames/s and peak RSS."""
     logging.basicConfig(level=logging.WARNING)
     config = DaemonConfig.model_validate({
@@ -144,7 +153,7 @@ def _daemon_run(model: str, video: str, streams: int, frames: int, result: multi
         # One thread is all the small model needs (ONNX Runtime's default, a thread per core, spends more
         # in hand-offs than it saves): the engine stays the small cost it would be on a GPU.
         "engine": {"onnxruntime": {"intra_op_threads": 1}},
-        "sources": [{"id": f"s{i}", "path": video} for i in range(streams)],
+        "sources": [{"id": f"s{i}", "path": video, "decoder": decoder} for i in range(streams)],
         "publish": {"zmq": {"endpoint": "tcp://127.0.0.1:*"}},
         "metrics": {"enabled": False},
         "pipeline": {"exit_when_sources_end": True},
@@ -163,11 +172,11 @@ def _daemon_run(model: str, video: str, streams: int, frames: int, result: multi
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
-def daemon_fps(model: Path, video: Path, streams: int, frames: int) -> tuple[float, float]:
+def daemon_fps(model: Path, video: Path, streams: int, frames: int, decoder: str = "opencv") -> tuple[float, float]:
     """The whole daemon's frames/s and its process's peak resident memory (MB)."""
     context = multiprocessing.get_context("spawn")
     result: multiprocessing.Queue = context.Queue()
-    process = context.Process(target=_daemon_run, args=(str(model), str(video), streams, frames, result))
+    process = context.Process(target=_daemon_run, args=(str(model), str(video), streams, frames, decoder, result))
     process.start()
     outcome = result.get(timeout=600)
     process.join()
@@ -178,7 +187,9 @@ def daemon_fps(model: Path, video: Path, streams: int, frames: int) -> tuple[flo
 
 def run(cases: list[Case], frames: int, repeats: int, model: Path) -> list[CaseResult]:
     info = read_model_info(model)
-    results = {case: CaseResult(str(case), case.streams * frames, 0.0, 0.0, 0.0, 0.0, 0.0) for case in cases}
+    pyav = importlib.util.find_spec("av") is not None
+    results = {case: CaseResult(str(case), case.streams * frames, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0 if pyav else None)
+               for case in cases}
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as scratch:
         videos = {(case.width, case.height): None for case in cases}
@@ -199,6 +210,9 @@ def run(cases: list[Case], frames: int, repeats: int, model: Path) -> list[CaseR
                 if fps > result.daemon_fps:
                     result.daemon_fps = fps
                 result.daemon_peak_rss_mb = max(result.daemon_peak_rss_mb, peak_mb)
+                if result.daemon_pyav_fps is not None:
+                    fps, _ = daemon_fps(model, video, case.streams, case.streams * frames, "pyav")
+                    result.daemon_pyav_fps = max(result.daemon_pyav_fps, fps)
     return list(results.values())
 
 
@@ -214,14 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     cases = [Case.parse(text) for text in args.cases.split(",")]
     results = run(cases, args.frames, args.repeats, args.model)
     if args.json:
-        print(json.dumps([{**asdict(r), "ratio": r.ratio} for r in results]))
+        print(json.dumps([{**asdict(r), "ratio": r.ratio, "pyav_ratio": r.pyav_ratio} for r in results]))
         return 0
     print("| input | decode | decode, daemon's threads | decode + preprocess | daemon | daemon / decode "
-          "| daemon peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+          "| daemon peak RSS | daemon, pyav | daemon, pyav / decode |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        pyav = "not installed | -" if r.daemon_pyav_fps is None else f"{r.daemon_pyav_fps:.0f} | {r.pyav_ratio:.2f}"
         print(f"| {r.case} | {r.decode_fps:.0f} | {r.decode_daemon_threads_fps:.0f} | {r.decode_preprocess_fps:.0f} "
-              f"| {r.daemon_fps:.0f} | {r.ratio:.2f} | {r.daemon_peak_rss_mb:.0f} MB |")
+              f"| {r.daemon_fps:.0f} | {r.ratio:.2f} | {r.daemon_peak_rss_mb:.0f} MB | {pyav} |")
     print(f"(frames/s, all streams together; {args.frames} frames per stream, best of {args.repeats}; "
           f"{Path(args.model).name})")
     return 0

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from pipelines.model_info import ModelInfo
+from pipelines.sources.base import Yuv420
 from pipelines.sources.config import RoiConfig
 
 _INTERPOLATION = {
@@ -28,6 +29,23 @@ _INTERPOLATION = {
 
 class FrameFormatError(ValueError):
     """A frame is not an 8-bit, 3-channel BGR image."""
+
+
+def _ycbcr_to_rgb(kr: float, kb: float, full_range: bool) -> np.ndarray:
+    """The 3x4 matrix (for ``cv2.transform``) from 8-bit Y'CbCr with these luma weights to 8-bit R'G'B'."""
+    kg = 1.0 - kr - kb
+    y_scale, c_scale, y_offset = (1.0, 1.0, 0.0) if full_range else (255 / 219, 255 / 224, 16.0)
+    rows = [  # coefficients of Y, Cb, Cr
+        (y_scale, 0.0, c_scale * 2 * (1 - kr)),
+        (y_scale, -c_scale * 2 * (1 - kb) * kb / kg, -c_scale * 2 * (1 - kr) * kr / kg),
+        (y_scale, c_scale * 2 * (1 - kb), 0.0),
+    ]
+    return np.array([(y, cb, cr, -y * y_offset - (cb + cr) * 128.0) for y, cb, cr in rows], dtype=np.float32)
+
+
+# BT.601, the matrix FFmpeg's swscale (and so OpenCV's read()) applies to every untagged or SD stream, and to
+# HD streams too unless asked otherwise: both decoders give the model the same colours.
+_TO_RGB = {full_range: _ycbcr_to_rgb(0.299, 0.114, full_range) for full_range in (False, True)}
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,9 @@ class FrameShrinker:
     path), then one bilinear step of less than 2x: about the cost of reading the frame once, where a
     single ``INTER_AREA`` resize by a non-integer factor takes OpenCV's generic path (6x slower at 1080p).
     Enlarging uses the model's interpolation; ``nearest`` models are resized in one step.
+
+    A :class:`~pipelines.sources.base.Yuv420` frame is shrunk plane by plane (its chroma from half size to the
+    same target), and only the model-sized result is converted to RGB, with BT.601 as FFmpeg's swscale does.
     """
 
     def __init__(self, info: ModelInfo, roi: RoiConfig | None = None) -> None:
@@ -106,24 +127,41 @@ class FrameShrinker:
             plan = self._plans[frame_hw] = plan_resize(frame_hw, self._info)
         return plan
 
-    def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
+    def __call__(self, frame: np.ndarray | Yuv420) -> np.ndarray:
+        if isinstance(frame, Yuv420):
+            return self._shrink_yuv(frame)
+        return self._shrink_bgr(frame)
+
+    def _shrink_bgr(self, frame_bgr: np.ndarray) -> np.ndarray:
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
             raise FrameFormatError(
                 f"expected an HxWx3 uint8 BGR frame, got shape {frame_bgr.shape} dtype {frame_bgr.dtype}"
             )
-        frame_bgr = self._region(frame_bgr)
+        top, bottom, left, right = self._region(frame_bgr.shape[:2])
+        frame_bgr = frame_bgr[top:bottom, left:right]
         plan = self.plan_for(frame_bgr.shape[:2])
-        resized = self._resize(frame_bgr, plan.resize_hw)
-        crop = resized[plan.crop_top:plan.crop_top + plan.crop_hw[0], plan.crop_left:plan.crop_left + plan.crop_hw[1]]
-        blue, green, red = cv2.split(crop)
+        blue, green, red = cv2.split(_crop(self._resize(frame_bgr, plan.resize_hw), plan))
         return np.stack((red, green, blue))
 
-    def _region(self, frame: np.ndarray) -> np.ndarray:
-        """The region of interest of ``frame`` (all of it without one); :class:`RoiError` if it does not fit."""
+    def _shrink_yuv(self, frame: Yuv420) -> np.ndarray:
+        top, bottom, left, right = self._region(frame.y.shape)
+        # The chroma sample covering the region's first row and column, and its last: a region that starts on
+        # an odd pixel takes half a pixel more of chroma.
+        chroma = (slice(top // 2, (bottom + 1) // 2), slice(left // 2, (right + 1) // 2))
+        luma = frame.y[top:bottom, left:right]
+        plan = self.plan_for(luma.shape)
+        planes = [_crop(self._resize(plane, plan.resize_hw), plan)
+                  for plane in (luma, frame.u[chroma], frame.v[chroma])]
+        red, green, blue = cv2.split(cv2.transform(cv2.merge(planes), _TO_RGB[frame.full_range]))
+        return np.stack((red, green, blue))
+
+    def _region(self, frame_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The region of interest (top, bottom, left, right) of a frame of ``frame_hw`` (all of it without
+        one); :class:`RoiError` if it does not fit."""
+        height, width = frame_hw
         roi = self.roi
         if roi is None:
-            return frame
-        height, width = frame.shape[:2]
+            return 0, height, 0, width
         if roi.units == "fraction":
             left, top = round(roi.x * width), round(roi.y * height)
             right, bottom = round((roi.x + roi.width) * width), round((roi.y + roi.height) * height)
@@ -132,7 +170,7 @@ class FrameShrinker:
         if right > width or bottom > height or right <= left or bottom <= top:
             raise RoiError(f"the region of interest x={left}..{right}, y={top}..{bottom} does not fit a "
                            f"{width}x{height} frame")
-        return frame[top:bottom, left:right]
+        return top, bottom, left, right
 
     def _resize(self, image: np.ndarray, resize_hw: tuple[int, int]) -> np.ndarray:
         if image.shape[:2] == resize_hw:
@@ -146,6 +184,10 @@ class FrameShrinker:
         enlarging = resize_hw[0] > image.shape[0] or resize_hw[1] > image.shape[1]
         interpolation = self._interpolation if enlarging or self._nearest else cv2.INTER_LINEAR
         return cv2.resize(image, (resize_hw[1], resize_hw[0]), interpolation=interpolation)
+
+
+def _crop(image: np.ndarray, plan: ResizePlan) -> np.ndarray:
+    return image[plan.crop_top:plan.crop_top + plan.crop_hw[0], plan.crop_left:plan.crop_left + plan.crop_hw[1]]
 
 
 class Normaliser:

@@ -27,9 +27,8 @@ from pipelines.runtime.stage import Stage
 from pipelines.runtime.stream_set import StreamSet
 from pipelines.runtime.stream_state import StreamStates
 from pipelines.sources.backoff import backoff_delay
-from pipelines.sources.base import RawFrame, SourceError
+from pipelines.sources.base import RawFrame, Source, SourceError
 from pipelines.sources.config import FileSourceConfig, SourceBase, describe_source, is_live
-from pipelines.sources.opencv import OpenCvSource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,7 +38,7 @@ class CaptureStage(Stage):
     """One registration of one stream: from its source to its end (the source's end, a stop, the stream's
     removal or restart by a reload)."""
 
-    def __init__(self, source: OpenCvSource, shrink: FrameShrinker, mux: FrameMux, states: StreamStates,
+    def __init__(self, source: Source, shrink: FrameShrinker, mux: FrameMux, states: StreamStates,
                  streams: StreamSet, file_read_ahead: int, abort: threading.Event, metrics: PipelineMetrics) -> None:
         """``file_read_ahead``: frames a file's reader may be ahead of the batcher (it then waits: lossless)."""
         super().__init__(f"capture-{source.stream_id}", abort)
@@ -247,7 +246,7 @@ class CaptureStage(Stage):
             self._drop("interval")
             return
         self._last_accepted = now
-        self._note_frame_size(index, raw.image.shape[:2])
+        self._note_frame_size(index, raw.size_hw)
         shrink_start = time.perf_counter()
         pixels = self._shrink(raw.image)
         times = FrameTimes(read_start, read_end, shrink_s=time.perf_counter() - shrink_start)

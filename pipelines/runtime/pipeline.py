@@ -28,7 +28,7 @@ from pipelines.runtime.progress import Progress, ProgressTracker
 from pipelines.runtime.stage import Stage
 from pipelines.runtime.stream_set import StreamSet
 from pipelines.runtime.stream_state import StreamStates
-from pipelines.sources import OpenCvSource, is_live
+from pipelines.sources import Source, is_live
 from pipelines.sources.config import SourceBase
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Pipeline:
     so that its source is closed first and its frames come after all of the old ones.
     """
 
-    def __init__(self, sources: list[OpenCvSource], engine: Engine, info: ModelInfo, publishers: list[Publisher],
+    def __init__(self, sources: list[Source], engine: Engine, info: ModelInfo, publishers: list[Publisher],
                  model_id: str, run: RunIdentity, config: PipelineConfig, metrics: PipelineMetrics) -> None:
         self._info = info
         self._config = config
@@ -106,7 +106,7 @@ class Pipeline:
             stage.start()
         self._start_ready()
 
-    def add_stream(self, source: OpenCvSource) -> bool:
+    def add_stream(self, source: Source) -> bool:
         """Classify one more stream (an id not configured now; one removed may still be ending: its new
         registration then waits). False, with ``source`` closed, once the pipeline takes no more (a stop)."""
         stream = source.stream_id
@@ -135,7 +135,7 @@ class Pipeline:
         self._removed.add(stream)
         self._preprocess.just_in_time = self._any_live()
 
-    def restart_stream(self, source: OpenCvSource) -> bool:
+    def restart_stream(self, source: Source) -> bool:
         """The stream's settings changed: end its registration (as a removal would, but its state and series
         stay) and start one reading ``source`` once that end is published."""
         self._retire(source.stream_id, "restarted: its settings changed", removed=False)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 
-from pipelines.sources.base import RawFrame, Source, SourceError
-from pipelines.sources.config import SourceConfig, is_live
+from pipelines.sources.base import RawFrame, Source, SourceError, Yuv420
+from pipelines.sources.config import FileSourceConfig, SourceConfig, is_live
 from pipelines.sources.opencv import OpenCvSource, decode_threads_per_stream, decodes_with_ffmpeg
+from pipelines.sources.pyav import PyAvFileSource
 
 
-def create_source(config: SourceConfig, decode_threads: int = 0) -> OpenCvSource:
+def create_source(config: SourceConfig, decode_threads: int = 0) -> Source:
+    if isinstance(config, FileSourceConfig) and config.decoder == "pyav":
+        return PyAvFileSource(config, decode_threads)
     return OpenCvSource(config, decode_threads)
 
 
 def create_sources(configs: list[SourceConfig], decode_threads: int | None,
-                   among: list[SourceConfig] | None = None) -> list[OpenCvSource]:
+                   among: list[SourceConfig] | None = None) -> list[Source]:
     """The sources of ``configs``, FFmpeg's decoding threads shared out among the files and streams of the
     pipeline (``among``, when ``configs`` are only some of them, added by a reload) over the cores this
     process may run on, or ``pipeline.decode_threads`` each when set."""
@@ -23,5 +26,5 @@ def create_sources(configs: list[SourceConfig], decode_threads: int | None,
     return [create_source(config, threads if decodes_with_ffmpeg(config) else 0) for config in configs]
 
 
-__all__ = ["OpenCvSource", "RawFrame", "Source", "SourceConfig", "SourceError", "create_source", "create_sources",
-           "is_live"]
+__all__ = ["OpenCvSource", "PyAvFileSource", "RawFrame", "Source", "SourceConfig", "SourceError", "Yuv420",
+           "create_source", "create_sources", "is_live"]

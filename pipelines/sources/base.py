@@ -1,4 +1,5 @@
-"""The source interface: something that yields decoded BGR frames with timestamps."""
+"""The source interface: something that yields decoded frames (BGR images, or a decoder's YUV planes) with
+timestamps."""
 
 from __future__ import annotations
 
@@ -7,20 +8,50 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.sources.config import SourceBase
+
 
 class SourceError(RuntimeError):
     """A source cannot be opened or read; the message names the source and the cause."""
 
 
 @dataclass(frozen=True, slots=True)
+class Yuv420:
+    """A decoded frame as the decoder holds it: 8-bit Y'CbCr planes, chroma at half the resolution both ways
+    (FFmpeg's yuv420p and yuvj420p). Converting to RGB only after the frame is shrunk to the model's size saves
+    a full-size conversion (a quarter of decoding a 1080p frame)."""
+
+    y: np.ndarray  # H x W uint8
+    u: np.ndarray  # ceil(H/2) x ceil(W/2) uint8 (Cb)
+    v: np.ndarray  # ceil(H/2) x ceil(W/2) uint8 (Cr)
+    full_range: bool  # JPEG range 0-255 (yuvj420p), else video range 16-235
+
+
+@dataclass(frozen=True, slots=True)
 class RawFrame:
-    image: np.ndarray  # HxWx3 uint8, BGR
+    image: np.ndarray | Yuv420  # HxWx3 uint8 BGR, or planes
     pts: float  # seconds from the start of the source
     undecodable_before: int = 0  # frames just before this one that could not be decoded (a damaged file)
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        image = self.image.y if isinstance(self.image, Yuv420) else self.image
+        return image.shape[0], image.shape[1]
 
 
 class Source(ABC):
     stream_id: str
+    config: SourceBase
+    declared_frames: int = 0  # a file's length as its container declares it (0: unknown)
+
+    @property
+    @abstractmethod
+    def is_open(self) -> bool:
+        """Whether :meth:`open` succeeded and :meth:`close` was not called since."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`SourceError` for what no reconnect can fix (a missing file, a missing decoder)."""
 
     @abstractmethod
     def open(self) -> None:

@@ -90,7 +90,6 @@ class OpenCvSource(Source):
         self._pending: RawFrame | None = None
         self._fps = 0.0
         self._delivered = 0
-        self.declared_frames = 0  # a file's length as its container declares it (0: unknown)
 
     @property
     def is_open(self) -> bool:

@@ -1,0 +1,124 @@
+"""Files decoded by FFmpeg through PyAV (``decoder = "pyav"``).
+
+OpenCV's ``read()`` converts every decoded frame to a full-size BGR image, which the capture thread then
+shrinks to the model's size: at 1080p the conversion is a quarter of the decoding. Here the decoder's
+4:2:0 planes are handed on as they are (:class:`~pipelines.sources.base.Yuv420`, views of the decoder's
+buffers), and only the model-sized result is converted. Other pixel formats are converted to BGR by
+FFmpeg, as OpenCV would. A damaged file is read past its bad packets like OpenCV's (each one counted as an
+undecodable frame, ``UNDECODABLE_IN_A_ROW`` of them in a row the end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from pipelines.paths import file_problem
+from pipelines.sources.base import RawFrame, Source, SourceError, Yuv420
+from pipelines.sources.config import FileSourceConfig, describe_source
+from pipelines.sources.opencv import UNDECODABLE_IN_A_ROW
+
+# FFmpeg's planar 4:2:0 formats handed on as planes, and whether each is full (JPEG) range.
+PLANAR_420 = {"yuv420p": False, "yuvj420p": True}
+
+
+def import_av() -> ModuleType:
+    """PyAV, or a :class:`SourceError` that says how to install it."""
+    try:
+        import av
+    except ImportError as exc:
+        raise SourceError("decoder = \"pyav\" needs PyAV, which is not installed: pip install "
+                          "'nfnet-stream[pyav]'") from exc
+    return av
+
+
+def _plane(frame: Any, index: int) -> np.ndarray:
+    """Plane ``index`` of a decoded frame as a (height, width) view, without its row padding."""
+    plane = frame.planes[index]
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:plane.height, :plane.width]
+
+
+class PyAvFileSource(Source):
+    def __init__(self, config: FileSourceConfig, decode_threads: int = 0) -> None:
+        """``decode_threads``: FFmpeg's decoding threads (0: its default, one per core)."""
+        self.stream_id = config.id
+        self.config = config
+        self.decode_threads = decode_threads
+        self._container: Any = None
+        self._frames: Iterator[RawFrame] | None = None
+        self._pending: RawFrame | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._container is not None
+
+    def check(self) -> None:
+        problem = file_problem(self.config.path)
+        if problem:
+            raise SourceError(f"source {self.stream_id!r}: video {problem}")
+        import_av()
+
+    def open(self) -> None:
+        self.close()
+        self.check()
+        av = import_av()
+        where = f"source {self.stream_id!r}: {describe_source(self.config)}"
+        try:
+            container = av.open(str(self.config.path))
+        except av.FFmpegError as exc:
+            raise SourceError(f"{where} cannot be opened: {exc}") from exc
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"{where} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads, as OpenCV sets them
+        if self.decode_threads:
+            stream.thread_count = self.decode_threads
+        self._container = container
+        self.declared_frames = max(0, stream.frames)
+        self._frames = self._decode(av, container, stream)
+        self._pending = next(self._frames, None)
+        if self._pending is None:
+            self.close()
+            raise SourceError(f"{where} delivered no decodable video frame")
+
+    def read(self) -> RawFrame | None:
+        """The next frame; None at the end of the file (or of what can be read of it)."""
+        if self._frames is None:
+            raise SourceError(f"source {self.stream_id!r} is not open")
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        return next(self._frames, None)
+
+    def _decode(self, av: ModuleType, container: Any, stream: Any) -> Iterator[RawFrame]:
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        rate = float(stream.average_rate or 0)
+        packets = container.demux(stream)
+        delivered = undecodable = 0
+        while undecodable < UNDECODABLE_IN_A_ROW:
+            try:
+                packet = next(packets)
+            except (StopIteration, av.FFmpegError):  # the end, or a container that cannot be read further
+                return
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:  # a damaged packet: its frame is lost, decoding goes on after it
+                undecodable += 1
+                continue
+            for frame in frames:
+                full_range = PLANAR_420.get(frame.format.name)
+                image = (frame.to_ndarray(format="bgr24") if full_range is None
+                         else Yuv420(_plane(frame, 0), _plane(frame, 1), _plane(frame, 2), full_range))
+                pts = frame.time - start if frame.time is not None else (delivered / rate if rate else 0.0)
+                yield RawFrame(image, pts, undecodable)
+                delivered, undecodable = delivered + 1, 0
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._frames = self._pending = None
+            self._container.close()
+            self._container = None
