@@ -3,6 +3,7 @@ round-robin across streams."""
 
 from __future__ import annotations
 
+import queue
 import random
 import threading
 import time
@@ -10,8 +11,14 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.frames import EndOfStream, Frame, FrameTimes
+from pipelines.frames import Batch, EndOfStream, Frame, FrameTimes
+from pipelines.model_info import ModelInfo, WeightSource
+from pipelines.preprocess import BufferPool, Normaliser
+from pipelines.runtime.engine_clock import EngineClock
 from pipelines.runtime.frame_mux import FrameMux
+from pipelines.runtime.metrics import PipelineMetrics
+from pipelines.runtime.preprocess import PreprocessStage
+from pipelines.runtime.stream_set import StreamSet
 from pipelines.sources.backoff import backoff_delay
 
 
@@ -105,3 +112,31 @@ def test_a_stream_registered_again_waits_for_its_predecessors_end() -> None:
     taken = [mux.get(abort, 0) for _ in range(3)]
     assert [getattr(item, "index", "end") for item in taken] == [7, "end", 0]
     assert mux.get(abort, 0.01) is None and mux.depth() == 0
+
+
+def test_the_batcher_holds_no_buffer_once_a_streams_end_is_handed_on() -> None:
+    """A stream's end takes a buffer to wait for (something waits in the mux) but must not keep it: when the
+    end reaches the next stage, every buffer is back (a scrape then reads 0 buffers in use)."""
+    mux, streams, abort, out = FrameMux(), StreamSet(close_when_all_ended=False), threading.Event(), queue.Queue()
+    info = ModelInfo("m", (3, 2, 2), (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0, "center", ("a",),
+                     WeightSource("random", "0"), None)
+    pool = BufferPool([np.zeros((2, 3, 2, 2), np.float32) for _ in range(2)])
+    stage = PreprocessStage(mux, out, Normaliser(info), pool, streams, 0.01, EngineClock(2), abort, PipelineMetrics())
+    buffer = mux.add_stream("cam", 2, False, 1.0, lambda cause: None)
+    streams.register()
+    stage.start()
+    try:
+        pixels = np.zeros((3, 2, 2), np.uint8)
+        mux.put(buffer, Frame("cam", 0, 0.0, 0, FrameTimes(0.0, 0.0), pixels), abort)
+        mux.put(buffer, EndOfStream("cam", frames=1), abort)
+        assert isinstance(out.get(timeout=5), Batch)
+        assert isinstance(out.get(timeout=5), EndOfStream)
+        assert pool.in_use == 1, "the batch's buffer is the next stage's until it releases it"
+        mux.put(mux.add_stream("other", 2, False, 1.0, lambda cause: None), EndOfStream("other"), abort)
+        streams.register()
+        assert isinstance(out.get(timeout=5), EndOfStream)
+        assert pool.in_use == 1, "an end alone leaves no buffer taken"
+    finally:
+        streams.close()
+        abort.set()
+        stage.join(timeout=5)

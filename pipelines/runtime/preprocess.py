@@ -68,6 +68,7 @@ class PreprocessStage(Stage):
                 self._release_unused()
             elif isinstance(item, EndOfStream):
                 self._hand_on()
+                self._release_unused()  # before the end goes on: once a stream's end is out, no buffer is held for it
                 put(self._out, item, self.abort)
                 ends += 1
             else:
