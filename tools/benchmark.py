@@ -76,12 +76,13 @@ def engine_fps(model: Path, info: ModelInfo, engine_config: EngineConfig, video:
     return runs * engine.batch_size / elapsed
 
 
-def daemon_fps(model: Path, engine_config: EngineConfig, video: Path, frames: int) -> float:
-    """Frames/s of the whole daemon, embedded in this process, from ready to its exit."""
+def run_daemon(model: Path | str, engine: dict[str, Any], sources: list[dict[str, Any]]) -> tuple[int, int, float]:
+    """The whole daemon, embedded in this process, on file ``sources`` until they end: its exit code, the
+    frames it published, and the seconds from ready to its exit (0 if it never became ready)."""
     config = DaemonConfig.model_validate({
         "model": {"path": str(model)},
-        "engine": engine_config.model_dump(mode="json"),
-        "sources": [{"id": "bench", "path": str(video)}],
+        "engine": engine,
+        "sources": sources,
         "publish": {"zmq": {"endpoint": "tcp://127.0.0.1:*"}},
         "metrics": {"enabled": False},
         "pipeline": {"exit_when_sources_end": True},
@@ -92,12 +93,19 @@ def daemon_fps(model: Path, engine_config: EngineConfig, video: Path, frames: in
                      daemon=True).start()
     code = daemon.run()
     finished = time.perf_counter()
+    published = sum(daemon.pipeline.output.published.values()) if daemon.pipeline else 0
+    return code, published, finished - ready_at[0] if ready_at else 0.0
+
+
+def daemon_fps(model: Path, engine_config: EngineConfig, video: Path, frames: int) -> float:
+    """Frames/s of the whole daemon, embedded in this process, from ready to its exit."""
+    code, published, seconds = run_daemon(model, engine_config.model_dump(mode="json"),
+                                          [{"id": "bench", "path": str(video)}])
     if code != 0:
         raise RuntimeError(f"the daemon exited with {code}")
-    published = daemon.pipeline.output.published["bench"] if daemon.pipeline else 0
     if published != frames:
         raise RuntimeError(f"the daemon published {published} of {frames} frames")
-    return frames / (finished - ready_at[0])
+    return frames / seconds
 
 
 def run(model: Path, video: Path | None, frames: int, engine_config: EngineConfig, repeats: int) -> BenchResult:

@@ -40,12 +40,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from daemon.config import DaemonConfig
-from daemon.service import Daemon
 from pipelines.model_info import ModelInfo, read_model_info
 from pipelines.preprocess import FrameShrinker, Normaliser
 from pipelines.sources.opencv import decode_threads_per_stream
-from tools.benchmark import DEFAULT_MODEL
+from tools.benchmark import DEFAULT_MODEL, run_daemon
 
 DEFAULT_CASES = "1x1920x1080,1x1280x720,4x1280x720,4x1920x1080"
 
@@ -148,27 +146,16 @@ def _daemon_run(model: str, video: str, streams: int, frames: int, decoder: str,
                 result: multiprocessing.Queue) -> None:
     """In a process of its own: the daemon on ``streams`` copies of ``video``; frames/s and peak RSS."""
     logging.basicConfig(level=logging.WARNING)
-    config = DaemonConfig.model_validate({
-        "model": {"path": model},
+    code, published, seconds = run_daemon(
+        model,
         # One thread is all the small model needs (ONNX Runtime's default, a thread per core, spends more
         # in hand-offs than it saves): the engine stays the small cost it would be on a GPU.
-        "engine": {"onnxruntime": {"intra_op_threads": 1}},
-        "sources": [{"id": f"s{i}", "path": video, "decoder": decoder} for i in range(streams)],
-        "publish": {"zmq": {"endpoint": "tcp://127.0.0.1:*"}},
-        "metrics": {"enabled": False},
-        "pipeline": {"exit_when_sources_end": True},
-    })
-    daemon = Daemon(config)
-    ready_at: list[float] = []
-    threading.Thread(target=lambda: (daemon.ready.wait(), ready_at.append(time.perf_counter())),
-                     daemon=True).start()
-    code = daemon.run()
-    finished = time.perf_counter()
-    published = sum(daemon.pipeline.output.published.values()) if daemon.pipeline else 0
+        {"onnxruntime": {"intra_op_threads": 1}},
+        [{"id": f"s{i}", "path": video, "decoder": decoder} for i in range(streams)])
     if code != 0 or published != frames:
         result.put({"error": f"the daemon exited with {code} after publishing {published} of {frames} frames"})
         return
-    result.put({"fps": frames / (finished - ready_at[0]),
+    result.put({"fps": frames / seconds,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -207,8 +194,7 @@ def run(cases: list[Case], frames: int, repeats: int, model: Path) -> list[CaseR
                 result.decode_preprocess_fps = max(result.decode_preprocess_fps,
                                                    decode_preprocess_fps(video, case.streams, threads, info))
                 fps, peak_mb = daemon_fps(model, video, case.streams, case.streams * frames)
-                if fps > result.daemon_fps:
-                    result.daemon_fps = fps
+                result.daemon_fps = max(result.daemon_fps, fps)
                 result.daemon_peak_rss_mb = max(result.daemon_peak_rss_mb, peak_mb)
                 if result.daemon_pyav_fps is not None:
                     fps, _ = daemon_fps(model, video, case.streams, case.streams * frames, "pyav")

@@ -152,8 +152,7 @@ class FrameShrinker:
         plan = self.plan_for(luma.shape)
         planes = [_crop(self._resize(plane, plan.resize_hw), plan)
                   for plane in (luma, frame.u[chroma], frame.v[chroma])]
-        red, green, blue = cv2.split(cv2.transform(cv2.merge(planes), _TO_RGB[frame.full_range]))
-        return np.stack((red, green, blue))
+        return np.stack(cv2.split(cv2.transform(cv2.merge(planes), _TO_RGB[frame.full_range])))  # rows R, G, B
 
     def _region(self, frame_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """The region of interest (top, bottom, left, right) of a frame of ``frame_hw`` (all of it without
