@@ -199,12 +199,15 @@ def test_decoding_threads_are_shared_out_among_the_streams() -> None:
     assert decode_threads_per_stream(4, None, 16) == 4
     assert decode_threads_per_stream(4, None, 2) == 1
     assert decode_threads_per_stream(4, 3, 2) == 3, "pipeline.decode_threads wins"
+    assert decode_threads_per_stream(4, None, 2, minimum=2) == 2
     files = [FileSourceConfig(id=f"s{i}", path=ASSETS / "demo_shapes.mp4") for i in range(2)]
+    pyav_file = FileSourceConfig(id="p", path=ASSETS / "demo_shapes.mp4", decoder="pyav")
     camera = CameraSourceConfig(id="cam", type="camera", device=0)
-    sources = create_sources([*files, camera], None)
+    sources = create_sources([*files, pyav_file, camera], None)
     threads = [source.decode_threads for source in sources]
     cores = len(os.sched_getaffinity(0))
-    assert threads == [max(1, cores // 2), max(1, cores // 2), 0], "FFmpeg streams only"
+    assert threads == [max(1, cores // 3), max(1, cores // 3), max(2, cores // 3), 0], \
+        "FFmpeg streams only; a file PyAV decodes gets a frame thread beside its reader"
     sources[0].open()
     assert sources[0].read() is not None
     sources[0].close()

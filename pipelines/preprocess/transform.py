@@ -150,9 +150,14 @@ class FrameShrinker:
         chroma = (slice(top // 2, (bottom + 1) // 2), slice(left // 2, (right + 1) // 2))
         luma = frame.y[top:bottom, left:right]
         plan = self.plan_for(luma.shape)
-        planes = [_crop(self._resize(plane, plan.resize_hw), plan)
-                  for plane in (luma, frame.u[chroma], frame.v[chroma])]
-        return np.stack(cv2.split(cv2.transform(cv2.merge(planes), _TO_RGB[frame.full_range])))  # rows R, G, B
+        planes = [self._halve(plane, plan.resize_hw) for plane in (luma, frame.u[chroma], frame.v[chroma])]
+        if all(plane.shape == planes[0].shape for plane in planes):
+            # The usual case (chroma, halved once fewer, lands on luma's size): one last resize for the three
+            # planes together, the same pixels in fewer OpenCV calls (each drops and retakes the GIL).
+            ycc = self._final(cv2.merge(planes), plan.resize_hw)
+        else:
+            ycc = cv2.merge([self._final(plane, plan.resize_hw) for plane in planes])
+        return np.stack(cv2.split(cv2.transform(_crop(ycc, plan), _TO_RGB[frame.full_range])))  # rows R, G, B
 
     def _region(self, frame_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """The region of interest (top, bottom, left, right) of a frame of ``frame_hw`` (all of it without
@@ -172,14 +177,23 @@ class FrameShrinker:
         return top, bottom, left, right
 
     def _resize(self, image: np.ndarray, resize_hw: tuple[int, int]) -> np.ndarray:
+        return self._final(self._halve(image, resize_hw), resize_hw)
+
+    def _halve(self, image: np.ndarray, resize_hw: tuple[int, int]) -> np.ndarray:
+        """The exact halvings on the way to ``resize_hw`` (none for ``nearest`` models)."""
+        if self._nearest:
+            return image
+        for down_y, down_x in halvings(image.shape[:2], resize_hw):
+            # Exactly half (an odd last row or column left out): bilinear averages each pair of pixels.
+            height, width = image.shape[0] // down_y, image.shape[1] // down_x
+            image = cv2.resize(image[:height * down_y, :width * down_x], (width, height),
+                               interpolation=cv2.INTER_LINEAR)
+        return image
+
+    def _final(self, image: np.ndarray, resize_hw: tuple[int, int]) -> np.ndarray:
+        """The one step from what the halvings left to ``resize_hw``."""
         if image.shape[:2] == resize_hw:
             return image
-        if not self._nearest:
-            for down_y, down_x in halvings(image.shape[:2], resize_hw):
-                # Exactly half (an odd last row or column left out): bilinear averages each pair of pixels.
-                height, width = image.shape[0] // down_y, image.shape[1] // down_x
-                image = cv2.resize(image[:height * down_y, :width * down_x], (width, height),
-                                   interpolation=cv2.INTER_LINEAR)
         enlarging = resize_hw[0] > image.shape[0] or resize_hw[1] > image.shape[1]
         interpolation = self._interpolation if enlarging or self._nearest else cv2.INTER_LINEAR
         return cv2.resize(image, (resize_hw[1], resize_hw[0]), interpolation=interpolation)

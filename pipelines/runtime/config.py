@@ -24,5 +24,6 @@ class PipelineConfig(StrictModel):
     decode_threads: int | None = Field(
         None, ge=1, le=64,
         description="FFmpeg decoding threads for each file and network stream. Default: the machine's cores "
-                    "shared among those streams (one stream: FFmpeg's own choice); decoding many streams with "
-                    "a thread per core each costs more CPU per frame than with the cores divided among them.")
+                    "shared among those streams, at least 2 for a file decoded by PyAV (one stream: FFmpeg's own "
+                    "choice); decoding many streams with a thread per core each costs more CPU per frame than with "
+                    "the cores divided among them.")

@@ -9,6 +9,10 @@ Streams come and go while the pipeline runs: :meth:`FrameMux.add_stream` returns
 stage puts into, and a buffer is gone once its end has been taken. A stream registered again (its
 settings changed) gets a new buffer, served only after the previous one's end, so that its frames never
 overtake the old registration's.
+
+One lock guards every buffer; a put wakes only the taker, and a take wakes only the reader of the buffer it
+took from (a file's reader waits for room in its own buffer), so that no thread is woken for nothing: with
+every stream's buffer full, waking all readers at each take cost a wake-up and a GIL hand-off per stream.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class StreamBuffer:
     live: bool
     max_age_s: float
     drop: Callable[[str], None]  # called with the cause of each dropped frame
+    room: threading.Condition  # on the mux's lock: its file's reader waits here for room
     items: deque[Item] = field(default_factory=deque)
 
     @property
@@ -42,26 +47,27 @@ class StreamBuffer:
 
 class FrameMux:
     def __init__(self) -> None:
-        self._condition = threading.Condition()
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # the taker waits here for an item
         self._buffers: list[StreamBuffer] = []  # in registration order
         self._next = 0
 
     def add_stream(self, stream_id: str, capacity: int, live: bool, max_age_s: float,
                    drop: Callable[[str], None]) -> StreamBuffer:
-        buffer = StreamBuffer(stream_id, capacity, live, max_age_s, drop)
-        with self._condition:
+        buffer = StreamBuffer(stream_id, capacity, live, max_age_s, drop, threading.Condition(self._lock))
+        with self._lock:
             self._buffers.append(buffer)
         return buffer
 
     def resize(self, buffer: StreamBuffer, capacity: int, max_age_s: float) -> None:
         """New limits for a stream's buffer, from its next frame on (a live reload)."""
-        with self._condition:
+        with self._lock:
             buffer.capacity, buffer.max_age_s = capacity, max_age_s
-            self._condition.notify_all()
+            buffer.room.notify()
 
     def put(self, buffer: StreamBuffer, item: Item, abort: threading.Event) -> bool:
         """Hand ``item`` on; False if the pipeline was aborted while a file waited for room."""
-        with self._condition:
+        with self._lock:
             if isinstance(item, Frame) and buffer.frames >= buffer.capacity:
                 if buffer.live:
                     while buffer.frames >= buffer.capacity:
@@ -70,41 +76,40 @@ class FrameMux:
                     while buffer.frames >= buffer.capacity:
                         if abort.is_set():
                             return False
-                        self._condition.wait(POLL_S)
+                        buffer.room.wait(POLL_S)
             buffer.items.append(item)
-            self._condition.notify_all()
+            self._ready.notify()
         return True
 
     def get(self, abort: threading.Event, timeout: float | None = None) -> Item | None:
         """The next item, round-robin across streams; None on timeout or abort."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._condition:
+        with self._lock:
             while not abort.is_set():
                 item = self._take()
                 if item is not None:
-                    self._condition.notify_all()
                     return item
                 remaining = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
                 if remaining <= 0:
                     return None
-                self._condition.wait(remaining)
+                self._ready.wait(remaining)
         return None
 
     def wait(self, abort: threading.Event, timeout: float) -> bool:
         """Wait up to ``timeout`` for something to take (without taking it); whether there is."""
         deadline = time.monotonic() + timeout
-        with self._condition:
+        with self._lock:
             while not abort.is_set():
                 if any(buffer.items for buffer in self._buffers):
                     return True
                 remaining = min(POLL_S, deadline - time.monotonic())
                 if remaining <= 0:
                     return False
-                self._condition.wait(remaining)
+                self._ready.wait(remaining)
         return False
 
     def depth(self) -> int:
-        with self._condition:
+        with self._lock:
             return sum(len(buffer.items) for buffer in self._buffers)
 
     def _take(self) -> Item | None:
@@ -125,6 +130,7 @@ class FrameMux:
                     self._next = index
                 else:
                     self._next = index + 1
+                    buffer.room.notify()
                 return item
         return None
 

@@ -45,12 +45,13 @@ def decodes_with_ffmpeg(config: SourceBase) -> bool:
     return isinstance(config, FileSourceConfig | StreamSourceConfig)
 
 
-def decode_threads_per_stream(ffmpeg_streams: int, configured: int | None, cores: int) -> int:
+def decode_threads_per_stream(ffmpeg_streams: int, configured: int | None, cores: int, minimum: int = 1) -> int:
     """FFmpeg threads for each stream (0: FFmpeg's own choice, a thread per core). The cores are divided
-    among several streams: each decodes fewer frames in parallel, and its threads wait on each other less."""
+    among several streams, ``minimum`` at least each: each decodes fewer frames in parallel, and its threads
+    wait on each other less."""
     if configured is not None:
         return configured
-    return 0 if ffmpeg_streams <= 1 else max(1, cores // ffmpeg_streams)
+    return 0 if ffmpeg_streams <= 1 else max(minimum, cores // ffmpeg_streams)
 
 
 def _target(config: SourceBase, decode_threads: int) -> tuple[str | int, int, list[int]]:
