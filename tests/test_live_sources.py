@@ -200,8 +200,8 @@ def test_decoding_threads_are_shared_out_among_the_streams() -> None:
     assert decode_threads_per_stream(4, None, 2) == 1
     assert decode_threads_per_stream(4, 3, 2) == 3, "pipeline.decode_threads wins"
     assert decode_threads_per_stream(4, None, 2, minimum=2) == 2
-    files = [FileSourceConfig(id=f"s{i}", path=ASSETS / "demo_shapes.mp4") for i in range(2)]
-    pyav_file = FileSourceConfig(id="p", path=ASSETS / "demo_shapes.mp4", decoder="pyav")
+    files = [FileSourceConfig(id=f"s{i}", path=ASSETS / "demo_shapes.mp4", decoder="opencv") for i in range(2)]
+    pyav_file = FileSourceConfig(id="p", path=ASSETS / "demo_shapes.mp4")  # PyAV: the default for files
     camera = CameraSourceConfig(id="cam", type="camera", device=0)
     sources = create_sources([*files, pyav_file, camera], None)
     threads = [source.decode_threads for source in sources]

@@ -77,14 +77,14 @@ class SourceBase(StrictModel):
 
 class FileSourceConfig(SourceBase):
     type: Literal["file"] = "file"
-    path: ConfigPath = Field(description="A video file readable by OpenCV's FFmpeg backend.")
+    path: ConfigPath = Field(description="A video file readable by FFmpeg.")
     pace: bool = Field(
         False, description="Deliver frames at the file's own frame rate, like a camera (it is then live: frames "
                            "can be dropped); otherwise as fast as they are classified, losslessly.")
     decoder: Literal["opencv", "pyav"] = Field(
-        "opencv", description="opencv: OpenCV's FFmpeg, frames converted to BGR at full size. pyav: FFmpeg through "
-                              "PyAV (the pyav extra), 4:2:0 frames converted only once shrunk to the model's size "
-                              "(faster on HD video; colours within a few levels of opencv's).")
+        "pyav", description="pyav: FFmpeg through PyAV, 4:2:0 frames converted only once shrunk to the model's size "
+                            "(faster on HD video). opencv: OpenCV's FFmpeg, frames converted to BGR at full size "
+                            "(colours within a few levels of pyav's).")
 
 
 class CameraSourceConfig(SourceBase):

@@ -37,8 +37,8 @@ def import_av() -> ModuleType:
     try:
         import av
     except ImportError as exc:
-        raise SourceError("decoder = \"pyav\" needs PyAV, which is not installed: pip install "
-                          "'nfnet-stream[pyav]'") from exc
+        raise SourceError("decoder = \"pyav\" (the default for files) needs PyAV, a dependency of nfnet-stream "
+                          "that is not installed: pip install av (or decoder = \"opencv\")") from exc
     return av
 
 
