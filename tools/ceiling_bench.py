@@ -71,13 +71,14 @@ class Case:
 class CaseResult:
     case: str
     frames: int  # all streams together
-    decode_fps: float
-    decode_daemon_threads_fps: float
-    decode_preprocess_fps: float
-    daemon_fps: float
-    daemon_peak_rss_mb: float
-    daemon_pyav_fps: float
-    daemon_pyav_peak_rss_mb: float
+    # the best of the repeats so far, each kind
+    decode_fps: float = 0.0
+    decode_daemon_threads_fps: float = 0.0
+    decode_preprocess_fps: float = 0.0
+    daemon_fps: float = 0.0
+    daemon_peak_rss_mb: float = 0.0
+    daemon_pyav_fps: float = 0.0
+    daemon_pyav_peak_rss_mb: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -175,7 +176,7 @@ def daemon_fps(model: Path, video: Path, streams: int, frames: int, decoder: str
 
 def run(cases: list[Case], frames: int, repeats: int, model: Path) -> list[CaseResult]:
     info = read_model_info(model)
-    results = {case: CaseResult(str(case), case.streams * frames, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0) for case in cases}
+    results = {case: CaseResult(str(case), case.streams * frames) for case in cases}
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as scratch:
         videos = {(case.width, case.height): None for case in cases}
