@@ -1,4 +1,4 @@
-"""Files decoded by FFmpeg through PyAV (``decoder = "pyav"``).
+"""Files decoded by FFmpeg through PyAV (``decoder = "pyav"``, the default for files).
 
 OpenCV's ``read()`` converts every decoded frame to a full-size BGR image, which the capture thread then
 shrinks to the model's size: at 1080p the conversion is a quarter of the decoding. Here the decoder's
