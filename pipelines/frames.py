@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +47,26 @@ class Batch:
     scores: np.ndarray | None = None  # (len(frames), classes) logits, set by the inference stage
 
 
+class DropCounts:
+    """One registration's dropped frames by cause: each drop is counted in the stream's metric and kept here,
+    for the registration's end status. Drops come from its capture thread and from the frame mux's taker,
+    so the counts are kept under a lock."""
+
+    def __init__(self, causes: tuple[str, ...], count_metric: Callable[[str], None]) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(causes, 0)
+        self._count_metric = count_metric
+
+    def __call__(self, cause: str, frames: int = 1) -> None:
+        with self._lock:
+            self._counts[cause] += frames
+        self._count_metric(cause, frames)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 @dataclass(frozen=True, slots=True)
 class EndOfStream:
     """Sent by a capture stage after its source's last frame; forwarded by every stage after it."""
@@ -56,3 +78,6 @@ class EndOfStream:
     detail: str = ""  # why it failed, or what was missing (published in the final status message)
     complete: bool = True  # False: not read in full (failed, undecodable frames, shorter than declared)
     removed: bool = False  # its stream was removed from the configuration: gone, not only ended
+    missing: int = 0  # frames a file's container declares that were never read (it was cut short)
+    # its dropped frames by cause; read when the end is published, after every frame before it was taken
+    drops: DropCounts | None = None

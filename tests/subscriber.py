@@ -10,10 +10,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.publishers.curve import secure_client
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "pipelines" / "publishers" / "label_message.schema.json"
+MESSAGE_SCHEMA = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+
+
+def check_message(message: dict[str, Any]) -> dict[str, Any]:
+    """Fail on a message that breaks the published JSON Schema, or an end whose frames are not all accounted
+    for (read = published + suppressed + dropped): every daemon run of the tests checks every message."""
+    errors = [f"{'/'.join(map(str, error.absolute_path)) or '(message)'}: {error.message}"
+              for error in MESSAGE_SCHEMA.iter_errors(message)]
+    assert not errors, f"message breaks the schema: {'; '.join(errors)}: {message}"
+    if message["type"] == "status" and "frames" in message:
+        accounted = message["published"] + message["suppressed"] + sum(message["dropped"].values())
+        assert accounted == message["frames"], f"frames read but not accounted for: {message}"
+    return message
 
 
 class Subscriber:
@@ -48,7 +64,7 @@ class Subscriber:
                 break
             if self.socket.poll(100):
                 topic, payload = self.socket.recv_multipart()
-                self.messages.append((topic.decode(), json.loads(payload)))
+                self.messages.append((topic.decode(), check_message(json.loads(payload))))
                 last = time.monotonic()
         return self.messages
 

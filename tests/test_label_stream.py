@@ -71,7 +71,7 @@ def test_one_streams_prefix_never_matches_another_and_late_joiners_get_the_prese
     assert len(run_ids) == 1 and RUN_ID.match(run_ids.pop())
     for _, message in [*everything.messages, *late.messages]:
         jsonschema.validate(message, SCHEMA)
-        assert message["schema_version"] == 3 and message["instance"] == "test-box"
+        assert message["schema_version"] == 4 and message["instance"] == "test-box"
     assert "run " in daemon.stderr
 
 

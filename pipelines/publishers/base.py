@@ -19,5 +19,9 @@ class Publisher(ABC):
         """Answer what subscribers asked for since the last call (the output stage calls it several times a
         second, from the one thread that publishes)."""
 
+    def stream_removed(self, topic: str) -> None:  # noqa: B027 - publishers that keep nothing per stream
+        """The stream whose status topic this is was removed, and its end published: forget what is kept of it
+        (once it is no longer useful)."""
+
     def close(self) -> None:  # noqa: B027 - publishers without resources need nothing
         """Flush and release."""

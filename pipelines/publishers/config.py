@@ -37,6 +37,10 @@ class ZmqPublisherConfig(StrictModel):
                     "so that no message is published before its reader is there.",
     )
     wait_timeout_s: float = Field(30.0, gt=0, le=86400, description="How long to wait for those subscribers.")
+    replay_removed_s: float = Field(
+        300.0, ge=0, le=86400,
+        description="A new subscriber is sent each stream's last status; a stream removed by a reload is still "
+                    "sent for this many seconds after its end, then forgotten.")
 
     @field_validator("endpoint")
     @classmethod

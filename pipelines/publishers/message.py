@@ -15,7 +15,7 @@ from typing import Any
 from pipelines.frames import Frame
 from pipelines.postprocess.topk import Prediction
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # ZeroMQ matches subscriptions by prefix. Topics end in "/", which stream ids may not contain, so one
 # stream's prefix never matches another stream's (a subscriber to "label/cam1/" does not get cam10).
 LABEL_PREFIX = "label/"
@@ -96,15 +96,33 @@ def build_label_message(
     }
 
 
+@dataclass(frozen=True)
+class EndAccounts:
+    """What became of a stream registration's frames, in its end ('ended' or 'failed') status: every frame
+    read is published, suppressed or dropped (``frames = published + suppressed + sum(dropped)``), and
+    ``last_seq`` lets a subscriber see labels lost after the last one it received."""
+
+    frames: int  # read from the source
+    published: int  # label messages of this registration
+    suppressed: int  # classified, not published (publish = "on_change", min_score)
+    dropped: dict[str, int]  # read, not classified, by cause
+    missing: int  # declared by a file's container, never read (cut short)
+    last_seq: int | None  # the stream's last label seq in this run (None: none published yet)
+
+    def fields(self) -> dict[str, Any]:
+        return {"frames": self.frames, "published": self.published, "suppressed": self.suppressed,
+                "dropped": self.dropped, "missing": self.missing, "last_seq": self.last_seq}
+
+
 def build_status_message(stream_id: str, state: str, previous: str | None, detail: str, time_ns: int,
-                         run: RunIdentity, frames: int | None = None) -> dict[str, Any]:
-    """A stream's state change, published on its ``status_topic``; ``frames`` (read in all) at the end.
+                         run: RunIdentity, accounts: EndAccounts | None = None) -> dict[str, Any]:
+    """A stream's state change, published on its ``status_topic``; with ``accounts`` at the end.
     ``replay`` is false: the publisher sets it on the copies it sends to a subscriber that just joined."""
     message: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "type": "status", **run.fields(),
                                "stream_id": stream_id, "state": state, "previous_state": previous,
                                "detail": detail, "time_ns": time_ns, "replay": False}
-    if frames is not None:
-        message["frames"] = frames
+    if accounts is not None:
+        message.update(accounts.fields())
     return message
 
 

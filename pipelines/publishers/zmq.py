@@ -7,6 +7,11 @@ message is kept (ZeroMQ's last-value-cache pattern), and a new subscription is a
 topic it matches, marked ``"replay": true`` (ZeroMQ sends them to every subscriber of those topics, so
 others may see a replay too, and can tell it from a change).
 
+Replays never hold up labels: they are sent from the output stage's thread between batches, a bounded
+number at a time (``REPLAYS_PER_SERVE``), and one replay answers every subscription of its prefix that came
+in before it started. A removed stream's last status is replayed for ``replay_removed_s`` after its end,
+then forgotten, so the cache holds the configured streams and the recently removed ones only.
+
 A send never waits for a subscriber: each one has a queue of ``send_hwm`` messages, and when a slow or
 stalled subscriber's queue is full ZeroMQ drops that subscriber's copy (the others still get theirs);
 the subscriber sees the gap in ``seq``.
@@ -17,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -29,7 +34,10 @@ from pipelines.publishers.message import encode
 
 log = logging.getLogger(__name__)
 
-SUBSCRIPTION_READ_S = 0.05  # (un)subscriptions are read at most this often
+SUBSCRIPTION_READ_S = 0.05  # (un)subscriptions are read, and replays sent, at most this often
+SUBSCRIPTIONS_PER_SERVE = 1000  # (un)subscriptions read at most at a time (the rest wait in the socket)
+REPLAYS_PER_SERVE = 64  # replayed messages sent at most at a time: about 1,300 a second
+CACHE_ENTRIES_PER_SERVE = 4096  # cached statuses matched against replayed prefixes at most at a time
 
 
 def needs_ipv6(endpoint: str) -> bool:
@@ -63,9 +71,14 @@ class ZmqPublisher(Publisher):
             self.close()
             raise
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._subscriptions: Counter[bytes] = Counter()
-        self._next_subscription_read = 0.0
-        self._last_status: dict[str, dict[str, Any]] = {}  # status topic -> its last message
+        self._subscriptions: Counter[bytes] = Counter()  # prefix -> subscriptions in (none kept at 0)
+        self._next_serve = 0.0
+        self._last_status: dict[bytes, dict[str, Any]] = {}  # status topic -> its last message
+        self._replay_removed_s = config.replay_removed_s
+        self._forget_at: dict[bytes, float] = {}  # a removed stream's status topic -> when its status goes
+        self._pending_replays: dict[bytes, None] = {}  # prefixes to answer, in order, each once
+        self._replaying: Iterator[bytes] = iter(())  # the replay in progress: cached topics still to match
+        self._replay_prefix = b""
 
     def wait_for_subscribers(self, count: int, timeout_s: float,
                              cancelled: Callable[[], bool] = lambda: False) -> int:
@@ -77,50 +90,90 @@ class ZmqPublisher(Publisher):
             if remaining <= 0:
                 break
             if self._socket.poll(int(min(remaining, 0.5) * 1000), zmq.POLLIN):
-                self._read_subscriptions()  # nothing published yet: nothing to replay
+                self._read_subscriptions(SUBSCRIPTIONS_PER_SERVE)  # nothing published yet: nothing to replay
         return self._subscriptions.total()
 
     def publish(self, topic: str, payload: bytes, message: dict[str, Any]) -> None:
         if message["type"] == "status":
-            self._last_status[topic] = message
-        self._send(topic, payload)
+            key = topic.encode()
+            self._last_status[key] = message
+            self._forget_at.pop(key, None)  # a stream added again: current again
+        self._send(topic.encode(), payload)
+
+    def stream_removed(self, topic: str) -> None:
+        """The stream of this status topic was removed (its end is published): its last status is replayed for
+        ``replay_removed_s`` more, then forgotten."""
+        self._forget_at[topic.encode()] = time.monotonic() + self._replay_removed_s
 
     def serve(self) -> None:
-        """Read new (un)subscriptions, at most every ``SUBSCRIPTION_READ_S`` (a poll per message would be a
-        system call per frame), and answer each new one with the last status messages it matches."""
+        """At most every ``SUBSCRIPTION_READ_S`` (a poll per message would be a system call per frame): read
+        new (un)subscriptions, forget the statuses of streams removed long enough ago, and send the next few
+        replays (the last status messages that new subscriptions match)."""
         now = time.monotonic()
-        if now < self._next_subscription_read:
+        if now < self._next_serve:
             return
-        self._next_subscription_read = now + SUBSCRIPTION_READ_S
+        self._next_serve = now + SUBSCRIPTION_READ_S
         if self._socket.poll(0, zmq.POLLIN):
-            for prefix in self._read_subscriptions():
-                self._replay(prefix)
+            self._pending_replays.update(dict.fromkeys(self._read_subscriptions(SUBSCRIPTIONS_PER_SERVE)))
+        for topic in [topic for topic, when in self._forget_at.items() if when <= now]:
+            del self._forget_at[topic], self._last_status[topic]
+        self._send_replays(REPLAYS_PER_SERVE, CACHE_ENTRIES_PER_SERVE)
 
-    def _send(self, topic: str, payload: bytes) -> None:
+    @property
+    def subscription_count(self) -> int:
+        """Subscriptions in now (one per subscriber and prefix)."""
+        return self._subscriptions.total()
+
+    @property
+    def cached_statuses(self) -> int:
+        """Streams whose last status a new subscriber is sent."""
+        return len(self._last_status)
+
+    def _send(self, topic: bytes, payload: bytes) -> None:
         # NOBLOCK: with XPUB_NODROP off this never fails (full queues drop); it makes "never waits" explicit.
         # Copied (the default): for messages of a few hundred bytes cheaper than zero-copy frames.
-        self._socket.send_multipart((topic.encode(), payload), flags=zmq.NOBLOCK)
+        self._socket.send_multipart((topic, payload), flags=zmq.NOBLOCK)
 
-    def _replay(self, prefix: bytes) -> None:
-        for topic, message in self._last_status.items():
-            if topic.encode().startswith(prefix):
+    def _send_replays(self, most: int, most_matched: int) -> None:
+        """Go on replaying: send at most ``most`` messages, match at most ``most_matched`` cached topics. A
+        prefix's replay starts from the cache as it is then (a status published meanwhile reaches the
+        subscriber as itself)."""
+        sent = matched = 0
+        while sent < most and matched < most_matched:
+            topic = next(self._replaying, None)
+            if topic is None:
+                if not self._pending_replays:
+                    return
+                self._replay_prefix = next(iter(self._pending_replays))
+                del self._pending_replays[self._replay_prefix]
+                self._replaying = iter(list(self._last_status))
+                continue
+            matched += 1
+            message = self._last_status.get(topic)
+            if message is not None and topic.startswith(self._replay_prefix):
                 self._send(topic, encode({**message, "replay": True}))
+                sent += 1
 
-    def _read_subscriptions(self) -> list[bytes]:
-        """Read every pending (un)subscription (XPUB delivers them as b"\x01prefix" / b"\x00prefix") so they
-        never pile up; count them per prefix for wait_for_subscribers; return the new subscriptions."""
+    def _read_subscriptions(self, most: int) -> list[bytes]:
+        """Read up to ``most`` pending (un)subscriptions (XPUB delivers them as b"\x01prefix" / b"\x00prefix");
+        count them per prefix for wait_for_subscribers, forgetting a prefix nobody holds any more (a subscriber
+        that subscribed to many and left must leave nothing behind); return the new subscriptions."""
         new = []
-        while True:
+        for _ in range(most):
             try:
                 event = self._socket.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return new
+                break
             prefix = event[1:]
             if event[:1] == b"\x01":
                 self._subscriptions[prefix] += 1
                 new.append(prefix)
-            elif event[:1] == b"\x00" and self._subscriptions[prefix] > 0:
+            elif event[:1] == b"\x00" and prefix in self._subscriptions:
                 self._subscriptions[prefix] -= 1
+                if not self._subscriptions[prefix]:
+                    del self._subscriptions[prefix]
+                    self._pending_replays.pop(prefix, None)
+        return new
 
     def reload_authorized_keys(self) -> bool:
         """Re-read CURVE's authorised subscriber keys (SIGHUP); False when CURVE is off."""

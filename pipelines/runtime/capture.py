@@ -53,15 +53,15 @@ class CaptureStage(Stage):
         self._paced = isinstance(self._config, FileSourceConfig) and self._config.pace
         self._mux = mux
         self._file_read_ahead = file_read_ahead
+        self._drop = metrics.drop_counts(source.stream_id)
         self._buffer = mux.add_stream(source.stream_id, self._buffer_frames(self._config), self._live,
-                                      self._config.max_frame_age_ms / 1000.0, metrics.dropper(source.stream_id))
+                                      self._config.max_frame_age_ms / 1000.0, self._drop)
         self._states = states
         self._streams = streams
         self._stop_reading = threading.Event()  # a stop of the pipeline, or this registration's removal
         self._stopped_because = ""  # why it was stopped from outside: said in its end (a removal, a restart)
         self._removed = False
         self._captured = metrics.frames.labels(stream=source.stream_id)
-        self._drop: Callable[[str], None] = metrics.dropper(source.stream_id)
         self._index = 0  # the next frame's index in this stream
         self._last_accepted = float("-inf")
         self._pace_origin: tuple[float, float] | None = None  # (perf_counter, pts) of the first paced frame
@@ -100,7 +100,7 @@ class CaptureStage(Stage):
             self._states.set(stream_id, state, "; ".join(filter(None, (why, f"{self._index} frames read"))),
                              announce=False)
             self._mux.put(self._buffer, EndOfStream(stream_id, self._index, state, previous, why, complete,
-                                                    self._removed), self.abort)
+                                                    self._removed, self._missing, self._drop), self.abort)
         self._streams.ended()
         return True
 
@@ -116,6 +116,15 @@ class CaptureStage(Stage):
         self._stopped_because = because
         self._removed = removed
         self._stop_reading.set()
+
+    def cancel(self) -> None:
+        """Withdraw this registration before its thread started (its stream was removed or restarted again
+        while the previous registration was still ending): it read nothing and publishes nothing; its source is
+        closed and its buffer goes."""
+        if self.started:
+            raise RuntimeError(f"registration of {self.stream_id!r} is running: stop it instead")
+        self._source.close()
+        self._mux.discard(self._buffer)
 
     @property
     def config(self) -> SourceBase:
@@ -171,7 +180,7 @@ class CaptureStage(Stage):
         """Read until the source ends, fails for good, or the pipeline stops; return the final state."""
         failures = 0
         opened = self._source.is_open
-        if opened:
+        if opened and not self._stop_reading.is_set():
             self._states.set(self._source.stream_id, "running")
         while not self._stop_reading.is_set():
             if not opened:
@@ -224,8 +233,7 @@ class CaptureStage(Stage):
         if raw.undecodable_before:  # each undecodable frame of a damaged file: an index, and a drop
             self._undecodable += raw.undecodable_before
             self._index += raw.undecodable_before
-            for _ in range(raw.undecodable_before):
-                self._drop("decode_error")
+            self._drop("decode_error", raw.undecodable_before)
             log.warning("stream %s: %d frame(s) before frame %d could not be decoded", self._source.stream_id,
                         raw.undecodable_before, self._index, extra=self._context)
         index = self._index
@@ -248,7 +256,11 @@ class CaptureStage(Stage):
         self._last_accepted = now
         self._note_frame_size(index, raw.size_hw)
         shrink_start = time.perf_counter()
-        pixels = self._shrink(raw.image)
+        try:
+            pixels = self._shrink(raw.image)
+        except Exception:  # the stream fails on this frame (an ROI that does not fit it): read, so accounted
+            self._drop("error")
+            raise
         times = FrameTimes(read_start, read_end, shrink_s=time.perf_counter() - shrink_start)
         frame = Frame(self._source.stream_id, index, raw.pts, time.time_ns(), times, pixels)
         with self._lock:
@@ -268,12 +280,14 @@ class CaptureStage(Stage):
                         size[1], size[0], extra=stream_context(self._source.stream_id, frame_index=index))
 
     def _pace(self, pts: float) -> float:
-        """Sleep until the frame's time has come, as a camera would deliver it; return that (perf_counter) time."""
+        """Sleep until the frame's time has come, as a camera would deliver it; return that (perf_counter) time,
+        or now if a stop cut the wait short (the frame is delivered early: its latency counts from now, never
+        from a moment still to come)."""
         if self._pace_origin is None:
             self._pace_origin = (time.perf_counter(), pts)
         due = self._pace_origin[0] + (pts - self._pace_origin[1])
         self._stop_reading.wait(max(0.0, due - time.perf_counter()))
-        return due
+        return min(due, time.perf_counter())
 
     def _give_up(self, failures: int, reason: str) -> bool:
         """Wait before the next attempt; True if attempts are exhausted."""

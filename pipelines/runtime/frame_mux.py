@@ -59,6 +59,16 @@ class FrameMux:
             self._buffers.append(buffer)
         return buffer
 
+    def discard(self, buffer: StreamBuffer) -> None:
+        """Remove the buffer of a registration withdrawn before it put anything."""
+        with self._lock:
+            if buffer.items:
+                raise RuntimeError(f"the buffer of {buffer.stream_id!r} is not empty")
+            index = self._buffers.index(buffer)
+            del self._buffers[index]
+            if self._next > index:
+                self._next -= 1
+
     def resize(self, buffer: StreamBuffer, capacity: int, max_age_s: float) -> None:
         """New limits for a stream's buffer, from its next frame on (a live reload)."""
         with self._lock:

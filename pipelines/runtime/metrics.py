@@ -21,7 +21,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import RestrictedRegistry
 from prometheus_client.utils import floatToGoString
 
-from pipelines.frames import Frame
+from pipelines.frames import DropCounts, Frame
 
 PREFIX = "nfnet_stream"
 
@@ -34,7 +34,9 @@ LATENCY_BUCKETS = (0.0005, 0.00063, 0.0008,
                    *(round(mantissa * decade, 6) for decade in (0.001, 0.01, 0.1, 1.0) for mantissa in _R10), 10.0)
 STAGES = ("capture", "preprocess", "inference", "postprocess")  # the stage latencies
 COUNTED_STAGES = ("preprocess", "inference", "publish")  # the stages whose frames are counted per stream
-DROP_CAUSES = ("queue_full", "stale", "decode_error", "interval")
+# Why a frame read was not classified: its live buffer was full (the oldest goes), it waited too long, it could
+# not be decoded, fps_cap/interval skipped it, or its stream failed on it (an ROI that does not fit it).
+DROP_CAUSES = ("queue_full", "stale", "decode_error", "interval", "error")
 SOURCE_STATES = ("connecting", "running", "reconnecting", "ended", "failed")
 FINAL_STATES = ("ended", "failed")  # what a stream's EndOfStream says
 
@@ -163,7 +165,7 @@ class PipelineMetrics:
             f"{PREFIX}_input_buffers_in_use", "Batch input buffers being filled or run.", registry=r)
         self.dropped = Counter(
             f"{PREFIX}_frames_dropped", "Frames read but not classified, by cause (queue_full, stale, decode_error, "
-            "interval).", ["stream", "cause"], registry=r)
+            "interval, error: the frame its stream failed on).", ["stream", "cause"], registry=r)
         self.source_state = Gauge(
             f"{PREFIX}_source_state", "1 for each stream's current state, 0 for the others.", ["stream", "state"],
             registry=r)
@@ -189,10 +191,11 @@ class PipelineMetrics:
         """Report ``depth()`` as the queue's depth at scrape time."""
         self.queue_depth.labels(queue=name).set_function(depth)
 
-    def dropper(self, stream: str) -> Callable[[str], None]:
-        """A function that counts one dropped frame of ``stream`` with the given cause."""
+    def drop_counts(self, stream: str) -> DropCounts:
+        """A registration's drop counter: counts each dropped frame of ``stream`` (with its cause) in the metric
+        and for the registration's end status."""
         children = {cause: self.dropped.labels(stream=stream, cause=cause) for cause in DROP_CAUSES}
-        return lambda cause: children[cause].inc()
+        return DropCounts(DROP_CAUSES, lambda cause, frames: children[cause].inc(frames))
 
     def counter_for(self, stream: str, stage: str) -> Counter:
         """The stage-frame counter of one stream and stage (look it up once, increment often)."""

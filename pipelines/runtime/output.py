@@ -8,6 +8,7 @@ its first frame, and what is kept per stream lives from its first frame to its e
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import queue
 import threading
@@ -25,6 +26,7 @@ from pipelines.postprocess.per_stream import StreamPostprocess
 from pipelines.postprocess.topk import softmax, top_k
 from pipelines.publishers.base import Publisher
 from pipelines.publishers.message import (
+    EndAccounts,
     RunIdentity,
     build_label_message,
     build_status_message,
@@ -53,6 +55,7 @@ class _Registration:
     published_here: int = 0  # messages of this registration
     last_index: int = -1  # its last published frame's index
     suppressed: int = 0  # classified, not published (on_change, min_score) since its last message
+    suppressed_here: int = 0  # the same, over the whole registration
 
 
 class OutputStage(Stage):
@@ -79,6 +82,10 @@ class OutputStage(Stage):
         self._settings_lock = threading.Lock()
         self._new_k: int | None = None
         self._new_configs: dict[str, SourceBase] = {}
+        # Held while a registration's end is published, and by amend_end: an amendment reaches its end or is
+        # refused, never lost in between.
+        self._ends_lock = threading.Lock()
+        self._amendments: dict[str, tuple[int, str]] = {}  # stream -> (which of its ends, news for it)
 
     def configure(self, k: int | None = None, sources: Iterable[SourceBase] = ()) -> None:
         """New top-k and streams' settings, in force from the next item on (any thread). A new stream's
@@ -87,6 +94,15 @@ class OutputStage(Stage):
             if k is not None:
                 self._new_k = k
             self._new_configs.update((config.id, config) for config in sources)
+
+    def amend_end(self, stream: str, ordinal: int, because: str) -> bool:
+        """The stream's ``ordinal``-th end (counting from 1) is to say ``because`` too, and count as its removal
+        (its next registration was withdrawn before it started); False if that end is published already."""
+        with self._ends_lock:
+            if self.ends_published[stream] >= ordinal:
+                return False
+            self._amendments[stream] = (ordinal, because)
+            return True
 
     def published_counts(self) -> dict[str, int]:
         """A copy of :attr:`published` (safe from any thread while streams are added)."""
@@ -146,6 +162,7 @@ class OutputStage(Stage):
             if not registration.postprocess.should_publish(predictions[0].index, predictions[0].score,
                                                            time.monotonic()):
                 registration.suppressed += 1
+                registration.suppressed_here += 1
                 continue
             stream = frame.stream_id
             seq = self.published[stream]
@@ -175,20 +192,34 @@ class OutputStage(Stage):
         """The end of a stream's registration, after its last label. The next registration of the stream
         (its settings changed) starts afresh: frame indexes from 0, no smoothing history; seq goes on."""
         stream = end.stream_id
+        with self._ends_lock:
+            ordinal, because = self._amendments.pop(stream, (0, ""))
+            if ordinal == self.ends_published[stream] + 1:  # its next registration was withdrawn, and why
+                end = dataclasses.replace(end, detail="; ".join(filter(None, (end.detail, because))), removed=True)
+            self._publish_end(end)
+            self.ends_published[stream] += 1
+            self.ends_total += 1
+
+    def _publish_end(self, end: EndOfStream) -> None:
+        stream = end.stream_id
         registration = self._registrations.pop(stream, None)
         published = registration.published_here if registration else 0
+        seq = self.published[stream] - 1 if self.published.get(stream) else None
         log.info("stream %s: %s; %d of its %d frames published", stream, end.state, published, end.frames,
-                 extra=stream_context(stream, seq=self.published[stream] - 1 if self.published.get(stream) else None))
+                 extra=stream_context(stream, seq=seq))
         self._metrics.streams_ended.labels(stream=stream, state=end.state).inc()
         detail = "; ".join(filter(None, (end.detail, f"{published} of {end.frames} frames published")))
+        accounts = EndAccounts(end.frames, published, registration.suppressed_here if registration else 0,
+                               end.drops.snapshot() if end.drops else {}, end.missing, seq)
         self._send(status_topic(stream), build_status_message(
-            stream, end.state, end.previous_state, detail, time.time_ns(), self._run, frames=end.frames))
+            stream, end.state, end.previous_state, detail, time.time_ns(), self._run, accounts))
         if end.complete or end.removed:
             self.incomplete.pop(stream, None)
         else:
             self.incomplete[stream] = end.detail
-        self.ends_published[stream] += 1
-        self.ends_total += 1
+        if end.removed:
+            for publisher in self._publishers:
+                publisher.stream_removed(status_topic(stream))
 
     def _announce_changes(self) -> None:
         while True:

@@ -145,15 +145,17 @@ class Pipeline:
     def remove_stream(self, stream: str) -> None:
         """Stop reading ``stream``; every frame it read is still published, then its end (saying it was
         removed), after which its state and metric series go (at a :meth:`tick`)."""
-        self._retire(stream, "removed from the configuration", removed=True)
+        self._retire(self._captures.pop(stream), "removed from the configuration", removed=True)
         self._removed.add(stream)
         self._preprocess.just_in_time = self._any_live()
 
     def restart_stream(self, source: Source) -> bool:
         """The stream's settings changed: end its registration (as a removal would, but its state and series
         stay) and start one reading ``source`` once that end is published."""
-        self._retire(source.stream_id, "restarted: its settings changed", removed=False)
-        return self.add_stream(source)
+        current = self._captures.pop(source.stream_id)
+        added = self.add_stream(source)  # first: withdrawing ``current`` must not close the set meanwhile
+        self._retire(current, "restarted: its settings changed", removed=False)
+        return added
 
     def update_stream(self, config: SourceBase) -> None:
         """Settings that apply without reopening the stream's source (see :meth:`CaptureStage.update`) and
@@ -182,10 +184,11 @@ class Pipeline:
         """Stop reading sources; frames already read are still classified and published."""
         self._stop.set()
         self._streams.close()
-        for stage in self._captures.values():
-            stage.stop()
-            if self._running and not stage.started:  # a restart's registration: ends at once, read nothing
-                stage.start()
+        for stream, stage in list(self._captures.items()):
+            if self._running and not stage.started:  # a restart's registration, still waiting: it read nothing
+                self._withdraw(self._captures.pop(stream), "")
+            else:
+                stage.stop()
 
     def abort(self) -> None:
         self._abort.set()
@@ -227,12 +230,25 @@ class Pipeline:
                 stage.join(max(0.0, deadline - time.monotonic()))
         return [stage.name for stage in self.stages if not stage.settled]
 
-    def _retire(self, stream: str, because: str, removed: bool) -> None:
-        stage = self._captures.pop(stream)
+    def _retire(self, stage: CaptureStage, because: str, removed: bool) -> None:
+        """End a registration: stop a running one (it publishes what it read, then its end); withdraw one
+        still waiting for its predecessor's end, which then says why (a stream's statuses follow its life:
+        never 'running' after its end, never two ends in a row)."""
+        if self._running and not stage.started:
+            self._withdraw(stage, because if removed else "")
+            return
         stage.stop(because, removed)
-        if self._running and not stage.started:  # restarted again before it started: it ends at once
-            stage.start()
         self._retiring.append(stage)
+
+    def _withdraw(self, stage: CaptureStage, because: str) -> None:
+        """Withdraw a registration that never started; ``because``: news for its predecessor's end."""
+        stream = stage.stream_id
+        stage.cancel()
+        self._streams.withdraw()
+        self._registered[stream] -= 1
+        if because and not self.output.amend_end(stream, self._registered[stream], because):
+            log.info("stream %s: %s before its new registration started", stream, because,
+                     extra=stream_context(stream))
 
     def _start_ready(self) -> None:
         """Start each registration whose stream's previous registrations have all ended and been published."""

@@ -27,6 +27,13 @@ class StreamSet:
             self._registered += 1
             return True
 
+    def withdraw(self) -> None:
+        """A registration withdrawn before it started: it will send no end (the last one may close the set)."""
+        with self._lock:
+            self._registered -= 1
+            if self._close_when_all_ended and self._ended == self._registered:
+                self._closed = True
+
     def ended(self) -> None:
         """A registration's capture stage sent its end (with ``exit_when_sources_end``, the last one closes)."""
         with self._lock:
