@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from daemon.config import ConfigError, DaemonConfig
+from daemon.config import DaemonConfig
 from daemon.health import assess
 from daemon.http import MetricsServer
 from daemon.logs import configure_logging
 from daemon.reload import plan_reload
+from daemon.reload_job import ReloadJob
 from daemon.startup_progress import StartupProgress
 from daemon.systemd_notify import SystemdNotifier
 from daemon.systemd_reporter import SystemdReporter
@@ -91,6 +92,8 @@ class Daemon:
         self._signals: list[int] = []  # appended by signal handlers, consumed by the main loop
         self._abandoned: set[str] = set()  # streams ended during a stop while their thread was stuck
         self._old_handlers: dict[int, object] = {}
+        self._reload_job: ReloadJob | None = None  # a SIGHUP's configuration being prepared
+        self._reload_again = False  # another SIGHUP came meanwhile
 
     def run(self) -> int:
         """Start, run until the sources end or a signal arrives, shut down; return the exit code."""
@@ -171,6 +174,7 @@ class Daemon:
         idle_announced = False
         while True:
             pipeline.tick(STUCK_SOURCE_S)
+            self._apply_reload()
             while self._signals:
                 signum = self._signals.pop(0)
                 if signum == signal.SIGHUP:
@@ -213,6 +217,9 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.systemd.stopping("shutting down")
+        if self._reload_job is not None:
+            self._reload_job.cancel()
+            self._reload_job.join(timeout=5.0)
         if self.pipeline is not None:
             self.pipeline.stop()
             still_running = self.pipeline.join(timeout_s=5.0)
@@ -270,7 +277,9 @@ class Daemon:
             raise BuildCancelled(f"{signal.Signals(first).name} received")
 
     def _reload(self) -> None:
-        """SIGHUP: apply what can change live, report what needs a restart, keep everything on any error."""
+        """SIGHUP: re-read CURVE's keys now; prepare the new configuration on a thread of its own (see
+        :mod:`daemon.reload_job`), which :meth:`_apply_reload` applies once ready. A SIGHUP while one is being
+        prepared is taken after it (the file as it is then: the latest wins)."""
         assert self.pipeline is not None
         for publisher in self.publishers:
             if isinstance(publisher, ZmqPublisher):
@@ -283,14 +292,39 @@ class Daemon:
         if self.pipeline.stopping:
             log.warning("SIGHUP: the daemon is stopping; configuration not reloaded")
             return
+        if self._reload_job is not None:
+            self._reload_again = True
+            return
+        self._reload_job = ReloadJob(self._reload_config, self.config, self._failed_streams())
+        self._reload_job.start()
+
+    def _apply_reload(self) -> None:
+        """Apply a prepared reload, if one is ready: what can change live, at once; the rest is reported as
+        needing a restart; on any error nothing changes."""
+        job = self._reload_job
+        if job is None or job.is_alive():
+            return
+        self._reload_job = None
+        if self.pipeline is None or self.pipeline.stopping:
+            log.warning("SIGHUP: the daemon is stopping; configuration not reloaded")
+            return
+        if job.new is None:
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", job.error)
+        else:
+            self._apply_config(job.new)
+        if self._reload_again:
+            self._reload_again = False
+            self._reload()
+
+    def _apply_config(self, new: DaemonConfig) -> None:
+        assert self.pipeline is not None
+        plan = plan_reload(self.config, new, self._failed_streams())
+        # The files were probed while the reload was prepared; each stream's capture thread opens its own.
+        sources = create_sources(plan.sources.to_open, new.pipeline.decode_threads, among=new.sources)
         try:
-            new = self._reload_config()
-            failed = [stream for stream, change in self.pipeline.states.latest().items()
-                      if change is not None and change.state == "failed"]
-            plan = plan_reload(self.config, new, failed)
-            # Every new source is checked (a file opened) before anything changes: all of the file or none.
-            opened = open_sources(plan.sources.to_open, new)
-        except (ConfigError, SourceError) as exc:
+            for source in sources:
+                source.check()
+        except SourceError as exc:
             log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", exc)
             return
         self.config = plan.effective
@@ -301,7 +335,7 @@ class Daemon:
         for source_config in plan.sources.updated:
             self.pipeline.update_stream(source_config)
         restarted = {config.id for config in plan.sources.restarted}
-        for source in opened:
+        for source in sources:
             if source.stream_id in restarted:
                 self.pipeline.restart_stream(source)
             else:
@@ -310,6 +344,11 @@ class Daemon:
                  else "no live setting changed")
         if plan.needs_restart:
             log.warning("SIGHUP: these changes need a restart and were not applied: %s", "; ".join(plan.needs_restart))
+
+    def _failed_streams(self) -> list[str]:
+        assert self.pipeline is not None
+        return [stream for stream, change in self.pipeline.states.latest().items()
+                if change is not None and change.state == "failed"]
 
     def _finished_code(self) -> int:
         """0, or ``EXIT_INCOMPLETE`` when a stream was not read in full (``pipeline.fail_on_incomplete``)."""

@@ -20,6 +20,9 @@ from pipelines.publishers.curve import secure_client
 from pipelines.publishers.message import LABEL_PREFIX, STATUS_PREFIX, label_topic, status_topic
 from pipelines.publishers.zmq import needs_ipv6
 
+EXIT_LABELS_MISSING = 4  # with --until-ended: labels were lost on the way
+FINAL_STATES = ("ended", "failed")
+
 HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL \
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
@@ -33,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="only this stream id's labels and states (repeatable; default: all streams)")
     parser.add_argument("--json", action="store_true", help="print each message as received (JSON)")
     parser.add_argument("--count", type=int, default=0, help="exit after this many label messages (0: never)")
+    parser.add_argument("--until-ended", action="store_true",
+                        help="exit once every stream seen has ended or failed: 0 if no label was missing, "
+                             f"{EXIT_LABELS_MISSING} if some were (a gap, or labels lost before a stream's end)")
     parser.add_argument("--client-key", type=Path, help="CURVE: this subscriber's secret key file (nfnet-keys client)")
     parser.add_argument("--server-key", type=Path, help="CURVE: the daemon's public key file (its server.key)")
     args = parser.parse_args(argv)
@@ -87,12 +93,60 @@ def main(argv: list[str] | None = None) -> int:
         context.destroy(linger=0)
 
 
+class LabelTracker:
+    """Per stream: the daemon and run its messages come from, the next seq expected, and its state, to report
+    gaps, labels lost before a stream's end (its ``ended`` status says its last seq), restarts and ends."""
+
+    def __init__(self) -> None:
+        self.next_seq: dict[str, int] = {}
+        self.runs: dict[str, tuple[str, str]] = {}  # stream -> (instance, run_id) of its last message
+        self.states: dict[str, str] = {}
+        self.missing = 0  # labels known to be lost
+
+    def take(self, message: dict[str, Any]) -> str | None:
+        """Note one message; return what to report about it (None: nothing). Raises ValueError when one
+        stream id comes from two daemons."""
+        stream, source = message["stream_id"], (message["instance"], message["run_id"])
+        previous = self.runs.get(stream)
+        self.runs[stream] = source
+        if previous is not None and previous[0] != source[0]:
+            raise ValueError(f"stream {stream!r} comes from two daemons ({previous[0]} and {source[0]}); give "
+                             "streams ids unique across the fleet")
+        report = None
+        if previous is not None and previous[1] != source[1]:
+            report = f"{stream}: {source[0]} RESTARTED (run {source[1]}); seq starts again"
+            self.next_seq.pop(stream, None)
+        if message["type"] == "status":
+            self.states[stream] = message["state"]
+            return self._end(message) if message["state"] in FINAL_STATES and not message["replay"] else report
+        seq, expected = message["seq"], self.next_seq.get(stream)
+        self.next_seq[stream] = seq + 1
+        if expected is not None and seq != expected:
+            self.missing += max(0, seq - expected)
+            return f"{stream}: GAP, expected seq {expected}, got {seq}"
+        return report
+
+    def _end(self, status: dict[str, Any]) -> str | None:
+        """A stream's end: the labels published after the last one received were lost."""
+        stream, last = status["stream_id"], status.get("last_seq")
+        expected = self.next_seq.get(stream)
+        if last is None or expected is None or last < expected:
+            return None
+        self.missing += last - expected + 1
+        self.next_seq[stream] = last + 1
+        return (f"{stream}: {last - expected + 1} label(s) MISSING at the end: the last received was seq "
+                f"{expected - 1}, the stream's last is {last}")
+
+    @property
+    def all_ended(self) -> bool:
+        return bool(self.states) and all(state in FINAL_STATES for state in self.states.values())
+
+
 def _receive(socket: zmq.Socket, monitor: zmq.Socket, args: argparse.Namespace) -> int:
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
     poller.register(monitor, zmq.POLLIN)
-    next_seq: dict[str, int] = {}
-    runs: dict[str, tuple[str, str]] = {}  # stream -> (instance, run_id) of its last message
+    tracker = LabelTracker()
     warned = False
     received = 0
     while not args.count or received < args.count:
@@ -108,23 +162,16 @@ def _receive(socket: zmq.Socket, monitor: zmq.Socket, args: argparse.Namespace) 
         _, payload = socket.recv_multipart()
         message = json.loads(payload)
         print(payload.decode() if args.json else format_text(message), flush=True)
-        stream, source = message["stream_id"], (message["instance"], message["run_id"])
-        previous = runs.get(stream)
-        runs[stream] = source
-        if previous is not None and previous[0] != source[0]:
-            print(f"nfnet-subscribe: error: stream {stream!r} comes from two daemons ({previous[0]} and "
-                  f"{source[0]}); give streams ids unique across the fleet", file=sys.stderr)
+        try:
+            report = tracker.take(message)
+        except ValueError as exc:
+            print(f"nfnet-subscribe: error: {exc}", file=sys.stderr)
             return 1
-        if previous is not None and previous[1] != source[1]:
-            print(f"{stream}: {source[0]} RESTARTED (run {source[1]}); seq starts again", file=sys.stderr)
-            next_seq.pop(stream, None)
-        if message["type"] != "label":
-            continue
-        seq, expected = message["seq"], next_seq.get(stream)
-        if expected is not None and seq != expected:
-            print(f"{stream}: GAP, expected seq {expected}, got {seq}", file=sys.stderr)
-        next_seq[stream] = seq + 1
-        received += 1
+        if report:
+            print(report, file=sys.stderr, flush=True)
+        received += message["type"] == "label"
+        if args.until_ended and tracker.all_ended:
+            return EXIT_LABELS_MISSING if tracker.missing else 0
     return 0
 
 

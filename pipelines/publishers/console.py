@@ -13,7 +13,8 @@ def format_text(message: dict[str, Any]) -> str:
     """One line for a person: a label message's top 3, or a stream's state change."""
     if message["type"] == "status":
         detail = f" {message['detail']}" if message["detail"] else ""
-        return f"{message['stream_id']} [{message['state']}]{detail}"
+        replay = " (replay: its state when this subscriber joined)" if message["replay"] else ""
+        return f"{message['stream_id']} [{message['state']}]{replay}{detail}"
     ranked = "  ".join(f"{p['label']} {p['score']:.3f}" for p in message["top_k"][:3])
     dropped = f", {message['dropped']} dropped before" if message["dropped"] else ""
     return (f"{message['stream_id']} #{message['seq']:<6d} t={message['pts']:8.3f}s  {ranked}"
