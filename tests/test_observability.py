@@ -3,8 +3,8 @@ no ``_created`` series; every metric, label and label value that the Grafana das
 query is exported by a real daemon (a file that ended, a live stream reconnecting, MIGraphX's
 compiled-program cache), every nfnet_stream_ metric is on the dashboard, and every panel query of a
 per-stream metric follows the stream variable; the panels where no data means trouble say so; the
-Prometheus config and rules pass promtool and scrape the default port. (A real Prometheus server runs them
-in tests/test_prometheus_queries.py.)"""
+Prometheus config and rules pass promtool and scrape the default port; the README's metrics table lists
+exactly the metrics the code registers. (A real Prometheus server runs them in tests/test_prometheus_queries.py.)"""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import MetricsConfig
+from pipelines.runtime.metrics import PREFIX, PipelineMetrics
 from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
 from tests.prometheus_server import ALERT_RULES, DASHBOARD, PROMETHEUS_CONFIG
@@ -33,6 +34,8 @@ from tests.subscriber import Subscriber, get, poll
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
 SYNTHETIC_METRICS = frozenset({"up"})  # made by Prometheus for each target, never exported
 LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
+README_METRIC_ROW = re.compile(rf"^\| `(?P<name>{PREFIX}_\w+)` \| (?P<type>\w+) \|", re.MULTILINE)
+SAMPLE_SUFFIX = {"counter": "_total", "info": "_info"}  # what a family's samples add to its name
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
                                     reason="no promtool (Debian's prometheus; tests/install-system-deps.sh)")
@@ -231,6 +234,17 @@ def test_the_default_port_is_not_graphite_exporters_and_is_the_one_documented() 
     files = [REPO / "README.md", PROMETHEUS_CONFIG, *sorted((REPO / "configs").glob("*.toml"))]
     assert [path.name for path in files
             if re.search(r"[:=] ?9108\b", path.read_text()) or str(port) not in path.read_text()] == []
+
+
+def test_the_readme_documents_every_metric_the_daemon_registers() -> None:
+    """The README's metrics table names each nfnet_stream_ metric of the registry as it is queried (a counter with
+    ``_total``, an info with ``_info``) with its type, and nothing else: a metric added to the code without a row
+    (as ``nfnet_stream_frames_missing_total`` once was) fails here."""
+    registered = {f"{family.name}{SAMPLE_SUFFIX.get(family.type, '')}": family.type
+                  for family in PipelineMetrics().registry.collect() if family.name.startswith(f"{PREFIX}_")}
+    documented = {row["name"]: row["type"] for row in README_METRIC_ROW.finditer((REPO / "README.md").read_text())}
+    assert len(registered) >= 15
+    assert documented == registered
 
 
 @pytest.mark.parametrize(("expr", "expected"), [

@@ -266,6 +266,18 @@ class Event:
 
 
 @dataclass(frozen=True)
+class EventWait:
+    """How one hipEventSynchronize of a recorded event waited. Tests assert on this, not on the CPU time the
+    wait took: a CPU share measures the machine too (a busy one starves a spinning thread, or stretches a
+    sleeping one's wake-ups), where this is what the double did."""
+
+    event: int  # the handle
+    blocking_sync: bool  # the event has hipEventBlockingSync: the thread slept; otherwise it spun
+    pending: bool  # the recorded work had not completed when the wait began (there was something to wait for)
+    spins: int  # turns of the busy-wait, each hashing 64 KiB (GIL released): 0 with blocking_sync
+
+
+@dataclass(frozen=True)
 class Leaks:
     """Resources the caller created and did not release (handles and addresses)."""
 
@@ -308,6 +320,7 @@ class SimulatedDevice:
         self._threads = threading.local()  # each host thread's current device (hipSetDevice)
         self.faults: list[DeviceFault] = []
         self.pageable_copies = 0
+        self.event_waits: list[EventWait] = []  # every hipEventSynchronize of a recorded event, in order
         self.settings = DeviceSettings.from_environment()
 
     @property
@@ -348,6 +361,7 @@ class SimulatedDevice:
             self._host_clock.clear()
             self.faults.clear()
             self.pageable_copies = 0
+            self.event_waits.clear()
             self.settings = new_settings
             self._threads = threading.local()
         new_settings.export()
@@ -382,6 +396,10 @@ class SimulatedDevice:
     def record_fault(self, fault: DeviceFault) -> None:
         with self._lock:
             self.faults.append(fault)
+
+    def note_event_wait(self, wait: EventWait) -> None:
+        with self._lock:
+            self.event_waits.append(wait)
 
     @property
     def device_bytes_in_use(self) -> int:

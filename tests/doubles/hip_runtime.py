@@ -31,9 +31,27 @@ from dataclasses import dataclass
 from typing import Any
 
 try:  # one device per process, whichever way the doubles were imported (see device.py)
-    from tests.doubles.device import DEVICE, HipError, Mark, MemoryKind, OutOfDeviceMemory, Stream, error_string
+    from tests.doubles.device import (
+        DEVICE,
+        EventWait,
+        HipError,
+        Mark,
+        MemoryKind,
+        OutOfDeviceMemory,
+        Stream,
+        error_string,
+    )
 except ImportError:
-    from device import DEVICE, HipError, Mark, MemoryKind, OutOfDeviceMemory, Stream, error_string  # type: ignore[no-redef]
+    from device import (  # type: ignore[no-redef]
+        DEVICE,
+        EventWait,
+        HipError,
+        Mark,
+        MemoryKind,
+        OutOfDeviceMemory,
+        Stream,
+        error_string,
+    )
 
 HIP_MEMCPY_HOST_TO_DEVICE = 1
 HIP_MEMCPY_DEVICE_TO_HOST = 2
@@ -393,17 +411,29 @@ class _HipRuntime:
     # not been called on event, this function returns hipSuccess". ROCm's runtime busy-waits unless the
     # event was created with hipEventBlockingSync (clr hip_event.cpp, rocdevice.cpp IsHwEventReady):
     # here too, the calling thread keeps a core busy for the whole wait (hashing, which releases the GIL
-    # as the real wait inside a ctypes call does, so other Python threads still run).
+    # as the real wait inside a ctypes call does, so other Python threads still run). How it waited is
+    # recorded in DEVICE.event_waits.
     def hipEventSynchronize(self, event_handle: int) -> int:
         event = self.device.event(event_handle)
         if event is None:
             return HipError.hipErrorInvalidHandle
         if event.mark is not None:
-            if not event.flags & HIP_EVENT_BLOCKING_SYNC:
-                while not self.device.query(event.mark):
-                    hashlib.sha256(_BUSY_WAIT_BLOCK)
+            if event.flags & HIP_EVENT_BLOCKING_SYNC:
+                wait = EventWait(event_handle, blocking_sync=True, pending=not self.device.query(event.mark), spins=0)
+            else:
+                spins = self._spin(event.mark)
+                wait = EventWait(event_handle, blocking_sync=False, pending=spins > 0, spins=spins)
             self.device.wait(event.mark)
+            self.device.note_event_wait(wait)
         return self.device.sticky_error
+
+    def _spin(self, mark: Mark) -> int:
+        """Busy-wait until ``mark`` is reached; the number of turns (0: it already was)."""
+        spins = 0
+        while not self.device.query(mark):
+            hashlib.sha256(_BUSY_WAIT_BLOCK)
+            spins += 1
+        return spins
 
     # hipEventQuery: hipSuccess when complete (or never recorded), hipErrorNotReady otherwise.
     def hipEventQuery(self, event_handle: int) -> int:
