@@ -125,6 +125,11 @@ class ZmqPublisher(Publisher):
         return self._subscriptions.total()
 
     @property
+    def subscribed_prefixes(self) -> int:
+        """Distinct prefixes subscribed to now (what is kept per subscription)."""
+        return len(self._subscriptions)
+
+    @property
     def cached_statuses(self) -> int:
         """Streams whose last status a new subscriber is sent."""
         return len(self._last_status)
