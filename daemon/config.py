@@ -75,6 +75,14 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> D
     environment); raise :class:`ConfigError` with one line per problem."""
     path = Path(path)
     try:
+        return _load(path, os.environ if environ is None else environ)
+    except RecursionError:  # tomllib and pydantic recurse per level of nesting
+        raise ConfigError(f"{path}: nested too deeply to read (arrays or tables hundreds of levels deep, in the "
+                          f"file or an {ENV_PREFIX}* variable)") from None
+
+
+def _load(path: Path, environ: Mapping[str, str]) -> DaemonConfig:
+    try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
@@ -89,7 +97,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> D
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    overrides = apply_env_overrides(data, os.environ if environ is None else environ)
+    overrides = apply_env_overrides(data, environ)
     try:
         return DaemonConfig.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:

@@ -64,7 +64,7 @@ def open_sources(configs: list[SourceConfig], cfg: DaemonConfig) -> list[Source]
                 source.open()
                 log.info("stream %s: opened %s", source.stream_id, describe_source(source.config),
                          extra=stream_context(source.stream_id))
-    except SourceError:
+    except Exception:
         for source in sources:
             source.close()
         raise
@@ -95,6 +95,7 @@ class Daemon:
     def run(self) -> int:
         """Start, run until the sources end or a signal arrives, shut down; return the exit code."""
         self._install_signal_handlers()
+        failure = ""
         try:
             try:
                 self.startup()
@@ -102,8 +103,11 @@ class Daemon:
                 log.info("stopped during start-up (%s), before any frame was read", exc)
                 return EXIT_OK
             return self.main_loop()
+        except Exception as exc:
+            failure = str(exc) if isinstance(exc, DaemonFailure) else f"{type(exc).__name__}: {exc}"
+            raise
         finally:
-            self.shutdown()
+            self.shutdown(failure)
             self._restore_signal_handlers()
 
     def startup(self) -> None:
@@ -211,10 +215,12 @@ class Daemon:
             self.systemd.tick(draining=drain_deadline is not None)
             time.sleep(TICK_S)
 
-    def shutdown(self) -> None:
+    def shutdown(self, failure: str = "") -> None:
+        """Stop everything; ``failure``: the daemon stops because of this error (then every stream it stops
+        ends as failed, saying why, never with a status that looks complete)."""
         self.systemd.stopping("shutting down")
         if self.pipeline is not None:
-            self.pipeline.stop()
+            self.pipeline.stop(failure)
             still_running = self.pipeline.join(timeout_s=5.0)
             if still_running:
                 self.pipeline.abort()
@@ -290,8 +296,11 @@ class Daemon:
             plan = plan_reload(self.config, new, failed)
             # Every new source is checked (a file opened) before anything changes: all of the file or none.
             opened = open_sources(plan.sources.to_open, new)
-        except (ConfigError, SourceError) as exc:
-            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", exc)
+        except Exception as exc:  # whatever reading or planning raises, the running daemon goes on untouched
+            expected = isinstance(exc, ConfigError | SourceError)
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s",
+                      exc if expected else f"{type(exc).__name__}: {exc}",
+                      exc_info=not expected and log.isEnabledFor(logging.DEBUG))
             return
         self.config = plan.effective
         configure_logging(self.config.logging.level, self.config.logging.format)

@@ -178,12 +178,13 @@ class Pipeline:
             self._removed.discard(stream)
         self._start_ready()
 
-    def stop(self) -> None:
-        """Stop reading sources; frames already read are still classified and published."""
+    def stop(self, failure: str = "") -> None:
+        """Stop reading sources; frames already read are still classified and published. ``failure``: the
+        daemon stops because of this error: each stream stopped ends as failed, saying so."""
         self._stop.set()
         self._streams.close()
         for stage in self._captures.values():
-            stage.stop()
+            stage.stop(f"the daemon failed: {failure}" if failure else "", failed=bool(failure))
             if self._running and not stage.started:  # a restart's registration: ends at once, read nothing
                 stage.start()
 
