@@ -175,8 +175,7 @@ class Daemon:
         idle_announced = False
         while True:
             pipeline.tick(STUCK_SOURCE_S)
-            while self._signals:
-                signum = self._signals.pop(0)
+            for signum in self._take_signals():
                 if signum == signal.SIGHUP:
                     self._reload()
                 elif drain_deadline is None:
@@ -241,6 +240,13 @@ class Daemon:
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """What a signal does: record it for the main loop (no locks: safe in a handler, any thread)."""
         self._signals.append(signum)
+
+    def _take_signals(self) -> list[int]:
+        """The signals recorded since the last call, in order; a burst of SIGHUPs is one reload (the last):
+        a reload reads everything anew, and a flood of them must not hold up the main loop."""
+        taken = [self._signals.pop(0) for _ in range(len(self._signals))]
+        return [signum for index, signum in enumerate(taken)
+                if signum != signal.SIGHUP or signal.SIGHUP not in taken[index + 1:]]
 
     def _wait_for_subscribers(self) -> None:
         wanted = self.config.publish.zmq.wait_for_subscribers

@@ -1,18 +1,20 @@
 """Hostile input at start-up and on SIGHUP: a bad file is a configuration error and a running daemon goes on
-untouched; a daemon that fails never leaves a stream looking complete."""
+untouched; a daemon that fails never leaves a stream looking complete; SIGHUP never kills the process."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SHAPES_MODEL, daemon_config, free_port
+from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
+from tests.source_tables import file_source
 from tests.subscriber import Subscriber
 from tests.test_daemon_errors import EXIT_CONFIG, assert_clean_error, run_daemon
 from tests.test_reliability import h264
@@ -112,3 +114,51 @@ def test_a_daemon_that_fails_ends_the_streams_it_cuts_as_failed(tmp_path: Path, 
     assert end["detail"].startswith("the daemon failed: RuntimeError: a bug in the main loop"), end
     assert f"{published} of {published} frames published" in end["detail"], "what it read is still published"
     assert "nfnet-daemon: error: internal error: RuntimeError: a bug in the main loop" in daemon.stderr
+
+
+HEAVY_LIBRARY = "_multiarray_umath"  # NumPy's core, loaded by the daemon's first imports
+
+
+def sighup_state(pid: int) -> tuple[bool, bool]:
+    """(SIGHUP ignored or caught, NumPy loaded) for a running process, from /proc."""
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    handled = (int(status["SigIgn"], 16) | int(status["SigCgt"], 16)) & (1 << (signal.SIGHUP - 1))
+    return bool(handled), HEAVY_LIBRARY in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_sighup_from_start_to_exit_never_kills_the_daemon(tmp_path: Path, daemon_process) -> None:
+    """SIGHUP every few milliseconds from the moment the process can take one (the interpreter's own start,
+    before any of the daemon's code runs, cannot) until it has exited: it must run to its normal end."""
+    zmq_port = free_port()
+    config = daemon_config(SHAPES_MODEL, file_source("cam", tmp_path / "cam.mp4", 40), zmq_port, 0,
+                           exit_when_done=True, engine='type = "onnxruntime"')
+    first_handled: list[bool] = []  # NumPy loaded already when SIGHUP was first handled?
+    sent = 0
+
+    def hammer(daemon: DaemonProcess) -> None:
+        nonlocal sent
+        assert daemon.process is not None
+        while daemon.process.poll() is None:
+            try:
+                handled, numpy_loaded = sighup_state(daemon.process.pid)
+            except (FileNotFoundError, ProcessLookupError, ValueError, KeyError):
+                break  # it has exited (or is exiting: its /proc entry is going)
+            if handled and not first_handled:
+                first_handled.append(numpy_loaded)
+            if first_handled:
+                daemon.signal(signal.SIGHUP)
+                sent += 1
+            time.sleep(0.002 if first_handled else 0.0002)
+
+    with closing(Subscriber(f"tcp://127.0.0.1:{zmq_port}")) as subscriber:
+        daemon = daemon_process(config).start()
+        thread = threading.Thread(target=hammer, args=(daemon,))
+        thread.start()
+        try:
+            subscriber.receive_until(lambda m: any(s["state"] == "ended" for s in subscriber.statuses), 120)
+            returncode = daemon.wait(60)
+        finally:
+            thread.join(60)
+    assert returncode == 0, f"rc {returncode} after {sent} SIGHUPs:\n{daemon.stderr}"
+    assert first_handled == [False], "SIGHUP must be taken before the heavy imports (NumPy was already loaded)"
+    assert sent > 100 and [m["seq"] for _, m in subscriber.labels] == list(range(40))
