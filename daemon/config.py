@@ -23,13 +23,18 @@ from daemon.config_lines import key_line
 from pipelines.config_base import StrictModel
 from pipelines.engines.config import EngineConfig
 from pipelines.paths import ConfigPath
+from pipelines.redact import mask_credentials
 from pipelines.publishers.config import PublishConfig
 from pipelines.runtime.config import PipelineConfig
 from pipelines.sources.config import SOURCE_TYPES, SourceConfig
 
 
 class ConfigError(ValueError):
-    """The configuration file is missing, malformed or invalid."""
+    """The configuration file is missing, malformed or invalid. Its message quotes values (a stream's URL
+    among them): URL passwords are masked."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_credentials(message))
 
 
 class ModelConfig(StrictModel):

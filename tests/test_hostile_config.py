@@ -3,6 +3,7 @@ untouched; a daemon that fails never leaves a stream looking complete; SIGHUP ne
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.redact import mask_credentials
 from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
-from tests.source_tables import file_source
-from tests.subscriber import Subscriber
+from tests.source_tables import file_source, source_table
+from tests.subscriber import Subscriber, poll
 from tests.test_daemon_errors import EXIT_CONFIG, assert_clean_error, run_daemon
 from tests.test_reliability import h264
 
@@ -162,3 +164,108 @@ def test_sighup_from_start_to_exit_never_kills_the_daemon(tmp_path: Path, daemon
     assert returncode == 0, f"rc {returncode} after {sent} SIGHUPs:\n{daemon.stderr}"
     assert first_handled == [False], "SIGHUP must be taken before the heavy imports (NumPy was already loaded)"
     assert sent > 100 and [m["seq"] for _, m in subscriber.labels] == list(range(40))
+
+
+PASSWORD = "Pw0rd-s3cr3t"
+HOST = f"rtsp://admin:{PASSWORD}@127.0.0.1:{free_port()}"  # nothing serves it
+URL = f"{HOST}/live"
+# Every setting that can hold a URL: (its type, its key, its value with the URL in it).
+URL_SETTINGS = {
+    "stream url": ("stream", "url", URL),
+    "gstreamer pipeline": ("gstreamer", "pipeline", f"rtspsrc location={URL} latency=0 ! decodebin ! appsink"),
+    "camera device": ("camera", "device", URL),
+}
+# Errors about a source with a URL, as the [[sources]] tables that cause them. The first two quote the
+# source's table (the whole file for a duplicate id), the last one only the bad value.
+CONFIG_ERRORS = {
+    "duplicate id": lambda kind, key: f'[[sources]]\nid = "cam"\ntype = "{kind}"\n{key} = "from the environment"\n'
+                                      '[[sources]]\nid = "cam"\npath = "x.mp4"\n',
+    "bad type": lambda kind, key: f'[[sources]]\nid = "cam"\ntype = "strem"\n{key} = "from the environment"\n',
+    "bad value in another key": lambda kind, key: f'[[sources]]\nid = "cam"\ntype = "{kind}"\n'
+                                                  f'{key} = "from the environment"\nfps_cap = "fast"\n',
+}
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("rtsp://admin:pw@cam/x", "rtsp://admin:***@cam/x"),
+    ("rtsp://admin:p@ss@cam:554/x", "rtsp://admin:***@cam:554/x"),  # an unescaped @ in the password
+    ("rtsp://:pw@cam/x", "rtsp://:***@cam/x"),
+    ("got {'url': 'rtsp://a:b@h/1', 'id': 'x'}", "got {'url': 'rtsp://a:***@h/1', 'id': 'x'}"),
+    ("url: 'rtsp://a:b@h/1' -> 'http://c:d@h/2'", "url: 'rtsp://a:***@h/1' -> 'http://c:***@h/2'"),
+    ("rtspsrc location=rtsp://a:b@h/x latency=0 ! appsink", "rtspsrc location=rtsp://a:***@h/x latency=0 ! appsink"),
+    ("rtsp://admin@cam/x http://cam:8080/x", "rtsp://admin@cam/x http://cam:8080/x"),  # no password: unchanged
+    ("rtsp://admin:***@cam/x", "rtsp://admin:***@cam/x"),
+])
+def test_mask_credentials(text: str, masked: str) -> None:
+    assert mask_credentials(text) == masked
+
+
+def assert_no_password(text: str, masked: bool = True) -> None:
+    """No password in ``text``; with ``masked``, the URL is there with its password masked."""
+    assert PASSWORD not in text, text
+    assert "admin:***@" in text or not masked, text
+
+
+@pytest.mark.parametrize("error", CONFIG_ERRORS.keys())
+@pytest.mark.parametrize("setting", URL_SETTINGS.keys())
+@pytest.mark.parametrize("given_in", ["file", "environment"])
+def test_a_configuration_error_never_shows_a_password(tmp_path: Path, error: str, setting: str,
+                                                      given_in: str) -> None:
+    kind, key, value = URL_SETTINGS[setting]
+    sources = CONFIG_ERRORS[error](kind, key)
+    env = {"PATH": "/usr/bin:/bin"}
+    if given_in == "file":
+        sources = sources.replace('"from the environment"', f'"{value}"')
+    else:
+        env[f"NFNET_SOURCES__0__{key.upper()}"] = value
+    config = tmp_path / "c.toml"
+    config.write_text(f'[model]\npath = "{SHAPES_MODEL}"\n{sources}')
+    result = subprocess.run([sys.executable, "-m", "daemon", "--config", str(config)], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert_clean_error(result, EXIT_CONFIG)
+    assert_no_password(result.stdout + result.stderr, masked=error != "bad value in another key")
+
+
+
+def failing_sources(tmp_path: Path, path: str) -> str:
+    """A file that ends, and live sources with a password in their URL that give up at once (door's URL
+    comes from the environment; yard's and cam's end in ``path``). GStreamer is left out: OpenCV's wheels
+    lack it, and a daemon with a GStreamer source does not start (its pipeline is in the errors above)."""
+    reconnect = {"reconnect": {"base_s": 0.2, "max_attempts": 1}}
+    return (file_source("lobby", tmp_path / "lobby.mp4", 8)
+            + source_table("door", type="stream", url="rtsp://set-by-the-environment/", open_timeout_s=2.0,
+                           **reconnect)
+            + source_table("yard", type="stream", url=HOST + path, open_timeout_s=2.0, **reconnect)
+            + source_table("cam", type="camera", device=HOST + path, **reconnect))
+
+
+def all_failed(body: dict) -> bool:
+    streams = body["streams"]
+    return body["pipeline"] == "running" and all(streams.get(s, {}).get("state") == "failed"
+                                                 for s in ("door", "yard", "cam"))
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_running_daemon_never_shows_a_password(tmp_path: Path, daemon_process, log_format: str) -> None:
+    """In its logs (a reload that restarts streams whose URLs changed), its statuses and /readyz."""
+    zmq_port, port = free_port(), free_port()
+    text = daemon_config(SHAPES_MODEL, failing_sources(tmp_path, "/live"), zmq_port, port, exit_when_done=False,
+                         engine='type = "onnxruntime"')
+    env = {"NFNET_SOURCES__1__URL": URL, "NFNET_LOGGING__FORMAT": log_format}
+    with closing(Subscriber(f"tcp://127.0.0.1:{zmq_port}")) as subscriber:
+        daemon = daemon_process(text, env=env).start()
+        answers = poll(port, "/readyz", lambda status, body: all_failed(body), timeout_s=60)
+        daemon.config.write_text(text.replace(failing_sources(tmp_path, "/live"), failing_sources(tmp_path, "/new")))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for_log("configuration reloaded")
+        subscriber.receive_until(lambda m: sum(s["state"] == "failed" for s in subscriber.statuses) == 5, 60)
+        answers += poll(port, "/readyz", lambda status, body: all_failed(body), timeout_s=60)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.stderr
+    readyz = json.dumps([body for _, body in answers])
+    statuses = json.dumps(subscriber.statuses)
+    assert "sources[yard] restarted: url: 'rtsp://admin:***@" in daemon.stderr, daemon.stderr
+    assert "sources[cam] restarted: device: 'rtsp://admin:***@" in daemon.stderr
+    for shown in (daemon.stderr, readyz, statuses):
+        assert_no_password(shown)
+    assert_no_password(daemon.stdout, masked=False)
