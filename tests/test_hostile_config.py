@@ -4,7 +4,10 @@ untouched; a daemon that fails never leaves a stream looking complete; SIGHUP ne
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -13,11 +16,14 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from daemon.health import Readiness
+from daemon.http import REQUEST_TIMEOUT_S, MetricsServer
 from pipelines.redact import mask_credentials
 from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
 from tests.source_tables import file_source, source_table
-from tests.subscriber import Subscriber, poll
+from tests.subscriber import Subscriber, get, poll
 from tests.test_daemon_errors import EXIT_CONFIG, assert_clean_error, run_daemon
 from tests.test_reliability import h264
 
@@ -269,3 +275,55 @@ def test_a_running_daemon_never_shows_a_password(tmp_path: Path, daemon_process,
     for shown in (daemon.stderr, readyz, statuses):
         assert_no_password(shown)
     assert_no_password(daemon.stdout, masked=False)
+
+
+def hostile_http_clients(port: int) -> list[socket.socket]:
+    """Clients that idle, send half a request, or go away in the middle of an answer; the ones still open."""
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    half_sent = []
+    for partial in (b"GET /metr", b"GET /metrics HTTP/1.1\r\nHost: x\r\n", b"GET /readyz HTTP/1.1\r\nContent-"):
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(partial)
+        half_sent.append(client)
+    for path in (b"/metrics", b"/readyz", b"/healthz", b"/nowhere"):
+        client = socket.create_connection(("127.0.0.1", port))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: a reset
+        client.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        client.recv(10)
+        client.close()
+    return idle + half_sent
+
+
+def test_json_logs_stay_json_whatever_http_clients_do(tmp_path: Path, daemon_process) -> None:
+    zmq_port, port = free_port(), free_port()
+    config = daemon_config(SHAPES_MODEL, file_source("cam", tmp_path / "cam.mp4", 8), zmq_port, port,
+                           exit_when_done=False, engine='type = "onnxruntime"')
+    with closing(Subscriber(f"tcp://127.0.0.1:{zmq_port}")):
+        daemon = daemon_process(config, env={"NFNET_LOGGING__FORMAT": "json"}).start()
+        daemon.wait_for_log("staying up until stopped")
+        clients = hostile_http_clients(port)
+        time.sleep(REQUEST_TIMEOUT_S + 1.5)  # the server drops the idle and half-sent ones
+        for client in clients:
+            client.close()
+        poll(port, "/healthz", lambda status, body: status == 200, timeout_s=15)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.stderr
+    lines = daemon.stderr.splitlines()
+    not_json = [line for line in lines if not line.startswith("{") or not isinstance(json.loads(line), dict)]
+    assert not not_json, "\n".join(not_json)
+
+
+def test_an_app_error_goes_to_the_log_not_to_stderr(caplog: pytest.LogCaptureFixture,
+                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    def broken() -> Readiness:
+        raise RuntimeError("a bug in readiness")
+
+    server = MetricsServer("127.0.0.1", 0, CollectorRegistry(), broken)
+    try:
+        with caplog.at_level(logging.ERROR, logger="daemon.http"):
+            status, _ = get(server.port, "/readyz")
+    finally:
+        server.close()
+    assert status == 500
+    assert capfd.readouterr().err == ""
+    assert "RuntimeError: a bug in readiness" in caplog.text
