@@ -327,3 +327,73 @@ def test_an_app_error_goes_to_the_log_not_to_stderr(caplog: pytest.LogCaptureFix
     assert status == 500
     assert capfd.readouterr().err == ""
     assert "RuntimeError: a bug in readiness" in caplog.text
+
+
+def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", f"tools.{tool}", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+TOOL_ERRORS = {  # name: (tool, arguments, the start of its error line)
+    "bind port": ("forward", ["--connect", "tcp://127.0.0.1:5555", "--bind", "tcp://*:99999"],
+                  "argument --bind: tcp://*:99999: port 99999 is not in 1-65535"),
+    "send_hwm too big": ("forward", ["--connect", "tcp://127.0.0.1:5555", "--send-hwm", "99999999999"],
+                         "argument --send-hwm: 99999999999: Input should be less than or equal to 10000000"),
+    "send_hwm 0": ("forward", ["--connect", "tcp://127.0.0.1:5555", "--send-hwm", "0"],
+                   "argument --send-hwm: 0: Input should be greater than or equal to 1"),
+    "connect to a wildcard": ("forward", ["--connect", "tcp://127.0.0.1:*"],
+                              "argument --connect: tcp://127.0.0.1:*: a wildcard (*) can be bound, not connected to"),
+    "no scheme": ("forward", ["--connect", "localhost:5555"],
+                  "argument --connect: localhost:5555: expected tcp://HOST:PORT"),
+    "subscribe port": ("subscribe", ["--endpoint", "tcp://127.0.0.1:99999"],
+                       "argument --endpoint: tcp://127.0.0.1:99999: port 99999 is not in 1-65535"),
+    "subscribe no port": ("subscribe", ["--endpoint", "tcp://127.0.0.1"],
+                          "argument --endpoint: tcp://127.0.0.1: expected tcp://HOST:PORT"),
+}
+
+
+@pytest.mark.parametrize(("tool", "args", "error"), TOOL_ERRORS.values(), ids=TOOL_ERRORS.keys())
+def test_the_tools_check_endpoints_and_bounds_as_the_daemon_does(tool: str, args: list[str], error: str) -> None:
+    result = run_tool(tool, *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"nfnet-{tool}: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"nfnet-{tool}: error: {error}"), result.stderr
+
+
+def test_sighup_never_cuts_a_forwarders_subscribers_off(tmp_path: Path, daemon_process) -> None:
+    frames = 300
+    config, zmq_port = long_file_config(tmp_path, frames)
+    bind = f"tcp://127.0.0.1:{free_port()}"
+    forward_err = tmp_path / "forward.txt"
+    with open(forward_err, "wb") as err:
+        forwarder = subprocess.Popen([sys.executable, "-m", "tools.forward", "--connect",
+                                      f"tcp://127.0.0.1:{zmq_port}", "--bind", bind], cwd=REPO, stderr=err)
+    done = threading.Event()
+
+    def hammer() -> None:
+        while not done.wait(0.005) and forwarder.poll() is None:
+            forwarder.send_signal(signal.SIGHUP)
+
+    thread = threading.Thread(target=hammer)
+    try:
+        deadline = time.monotonic() + 30
+        while "forwarding" not in forward_err.read_text():
+            assert forwarder.poll() is None and time.monotonic() < deadline, forward_err.read_text()
+            time.sleep(0.05)
+        thread.start()
+        with closing(Subscriber(bind)) as subscriber:
+            daemon = daemon_process(config).start()
+            subscriber.receive_until(lambda m: forwarder.poll() is not None
+                                     or any(s["state"] == "ended" for s in subscriber.statuses), 120)
+            assert forwarder.poll() is None, f"the forwarder died: {forwarder.returncode}"
+            assert daemon.wait(30) == 0, daemon.stderr
+        done.set()
+        thread.join(10)
+        forwarder.send_signal(signal.SIGTERM)
+        assert forwarder.wait(30) == 0
+    finally:
+        done.set()
+        forwarder.kill()
+    assert [m["seq"] for _, m in subscriber.labels] == list(range(frames))
+    assert "nfnet-forward: SIGHUP ignored" in forward_err.read_text()
