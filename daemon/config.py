@@ -23,8 +23,8 @@ from daemon.config_lines import key_line
 from pipelines.config_base import StrictModel
 from pipelines.engines.config import EngineConfig
 from pipelines.paths import ConfigPath
-from pipelines.redact import mask_credentials
 from pipelines.publishers.config import PublishConfig
+from pipelines.redact import mask_credentials
 from pipelines.runtime.config import PipelineConfig
 from pipelines.sources.config import SOURCE_TYPES, SourceConfig
 
