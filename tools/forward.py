@@ -17,6 +17,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 
 import zmq
 
@@ -26,6 +27,7 @@ from tools import zmq_options
 DEFAULT_SEND_HWM = 10000
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 HANDLED_SIGNALS = {*STOP_SIGNALS, signal.SIGHUP}
+TICK_S = 0.1  # how soon a recorded signal is acted on
 
 
 class Forwarder:
@@ -66,8 +68,12 @@ class Forwarder:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # First: for sigwait, in every thread (ZeroMQ's start with this mask); until exit, so no SIGHUP is fatal.
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    # First, and until exit: handlers that only record (Python runs them in this thread, whichever thread the
+    # signal reached). A mask and sigwait would not do: threads started by the imports (NumPy's OpenBLAS
+    # pool) do not block the signals, and one that takes a SIGHUP or a SIGTERM ends the process.
+    received: list[int] = []
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, lambda signum, frame: received.append(signum))
     parser = argparse.ArgumentParser(prog="nfnet-forward", description=__doc__.split(": ", 1)[1].split("\n\n")[0])
     parser.add_argument("--connect", action="append", required=True, type=zmq_options.connect_endpoint,
                         help="a daemon's ZeroMQ endpoint (repeat for each daemon)")
@@ -82,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nfnet-forward: error: {exc}", file=sys.stderr)
         return 3
     print(f"forwarding {', '.join(args.connect)} on {forwarder.endpoint}", file=sys.stderr)
-    while (signum := signal.sigwait(HANDLED_SIGNALS)) not in STOP_SIGNALS:
-        print(f"nfnet-forward: {signal.Signals(signum).name} ignored (nothing to reload)", file=sys.stderr)
+    while not STOP_SIGNALS.intersection(received):
+        time.sleep(TICK_S)
+        while signal.SIGHUP in received:
+            received.remove(signal.SIGHUP)
+            print("nfnet-forward: SIGHUP ignored (nothing to reload)", file=sys.stderr)
     forwarder.stop()
     return 0
 
