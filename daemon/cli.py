@@ -15,6 +15,7 @@ from daemon.service import Daemon, DaemonFailure
 from pipelines.engines import EngineError
 from pipelines.model_info import ModelMetadataError
 from pipelines.publishers import PublisherError
+from pipelines.redact import mask_credentials
 from pipelines.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = read_config()
     except ConfigError as exc:
-        print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(exc, EXIT_CONFIG)
     configure_logging(config.logging.level, config.logging.format)
     try:
         if args.check_config:
@@ -61,18 +61,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return Daemon(config, reload=read_config).run()
     except (ModelMetadataError, EngineError, SourceError, PublisherError, HttpEndpointError) as exc:
-        print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
+        return _fail(exc, EXIT_STARTUP)
     except DaemonFailure as exc:
-        print(f"nfnet-daemon: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(exc, EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug: one line still, the traceback at debug level
         log.debug("internal error", exc_info=True)
-        print(f"nfnet-daemon: error: internal error: {type(exc).__name__}: {exc} (the traceback is logged at "
-              "--log-level debug)", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (the traceback is logged at --log-level debug)",
+                     EXIT_FAILURE)
+
+
+def _fail(error: object, code: int) -> int:
+    """Print the one error line (URL passwords masked, whichever error quotes one); return ``code``."""
+    print(f"nfnet-daemon: error: {mask_credentials(str(error))}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -24,12 +24,17 @@ from pipelines.config_base import StrictModel
 from pipelines.engines.config import EngineConfig
 from pipelines.paths import ConfigPath
 from pipelines.publishers.config import PublishConfig
+from pipelines.redact import mask_credentials
 from pipelines.runtime.config import PipelineConfig
 from pipelines.sources.config import SOURCE_TYPES, SourceConfig
 
 
 class ConfigError(ValueError):
-    """The configuration file is missing, malformed or invalid."""
+    """The configuration file is missing, malformed or invalid. Its message quotes values (a stream's URL
+    among them): URL passwords are masked."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_credentials(message))
 
 
 class ModelConfig(StrictModel):
@@ -75,6 +80,14 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> D
     environment); raise :class:`ConfigError` with one line per problem."""
     path = Path(path)
     try:
+        return _load(path, os.environ if environ is None else environ)
+    except RecursionError:  # tomllib and pydantic recurse per level of nesting
+        raise ConfigError(f"{path}: nested too deeply to read (arrays or tables hundreds of levels deep, in the "
+                          f"file or an {ENV_PREFIX}* variable)") from None
+
+
+def _load(path: Path, environ: Mapping[str, str]) -> DaemonConfig:
+    try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
@@ -89,7 +102,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> D
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    overrides = apply_env_overrides(data, os.environ if environ is None else environ)
+    overrides = apply_env_overrides(data, environ)
     try:
         return DaemonConfig.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:

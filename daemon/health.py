@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.redact import mask_credentials
 from pipelines.runtime import Pipeline
 from pipelines.runtime.stream_state import StateChange
 
@@ -52,5 +53,5 @@ def _stream(change: StateChange | None) -> dict[str, Any]:
     report: dict[str, Any] = {"state": change.state, "ok": change.state not in FAILED_STATES,
                               "seconds_in_state": round((time.time_ns() - change.time_ns) / 1e9, 1)}
     if change.detail:
-        report["detail"] = change.detail
+        report["detail"] = mask_credentials(change.detail)
     return report

@@ -2,13 +2,17 @@
 
 A small WSGI app on the standard library's server, one thread per request (a slow scrape does not hold up
 a health check); ``/metrics`` is prometheus_client's own WSGI app over the daemon's private registry.
+Nothing of the server's goes to stderr directly: socketserver's and wsgiref's error reports (a client that
+times out or goes away, an app that raises) go to the daemon's log, so that JSON logs stay JSON.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -58,6 +62,31 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request that failed outside the app, to the log (socketserver prints a traceback to stderr). A
+        client that sent nothing in time, or went away, is routine: debug."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("HTTP client %s: %s: %s", client_address, type(error).__name__, error)
+        else:
+            log.error("HTTP request from %s failed", client_address, exc_info=True)
+
+
+class _ErrorLog(io.TextIOBase):
+    """wsgiref's error stream (it writes an app's traceback there, then flushes): one error line in the log."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        text, self._parts = "".join(self._parts).rstrip(), []
+        if text:
+            log.error("HTTP: %s", text)
+
 
 class _QuietHandler(WSGIRequestHandler):
     """Requests go to the debug log, not to stderr (a scrape every few seconds is not news)."""
@@ -66,6 +95,9 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+    def get_stderr(self) -> _ErrorLog:
+        return _ErrorLog()
 
 
 class StatusApp:

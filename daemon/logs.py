@@ -16,26 +16,38 @@ import sys
 from datetime import UTC, datetime
 
 from pipelines.log_context import CONTEXT_FIELDS
+from pipelines.redact import mask_credentials
 from pipelines.sources.opencv import silence_native_logs
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT` lines, URL passwords masked (a source's URL in its errors, a reload's changes)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_credentials(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "message", "stream_id"?, "seq"?, "frame_index"?, "exception"?}``."""
+    """``{"time", "level", "logger", "message", "stream_id"?, "seq"?, "frame_index"?, "exception"?}``, URL
+    passwords masked."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": mask_credentials(record.getMessage()),
         }
         for field in CONTEXT_FIELDS:
             if hasattr(record, field):
                 entry[field] = getattr(record, field)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = mask_credentials(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 
@@ -43,7 +55,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     if log_format == "json":
         silence_native_logs()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -65,7 +65,7 @@ def open_sources(configs: list[SourceConfig], cfg: DaemonConfig) -> list[Source]
                 source.open()
                 log.info("stream %s: opened %s", source.stream_id, describe_source(source.config),
                          extra=stream_context(source.stream_id))
-    except SourceError:
+    except Exception:
         for source in sources:
             source.close()
         raise
@@ -98,6 +98,7 @@ class Daemon:
     def run(self) -> int:
         """Start, run until the sources end or a signal arrives, shut down; return the exit code."""
         self._install_signal_handlers()
+        failure = ""
         try:
             try:
                 self.startup()
@@ -105,8 +106,11 @@ class Daemon:
                 log.info("stopped during start-up (%s), before any frame was read", exc)
                 return EXIT_OK
             return self.main_loop()
+        except Exception as exc:
+            failure = str(exc) if isinstance(exc, DaemonFailure) else f"{type(exc).__name__}: {exc}"
+            raise
         finally:
-            self.shutdown()
+            self.shutdown(failure)
             self._restore_signal_handlers()
 
     def startup(self) -> None:
@@ -175,8 +179,7 @@ class Daemon:
         while True:
             pipeline.tick(STUCK_SOURCE_S)
             self._apply_reload()
-            while self._signals:
-                signum = self._signals.pop(0)
+            for signum in self._take_signals():
                 if signum == signal.SIGHUP:
                     self._reload()
                 elif drain_deadline is None:
@@ -215,13 +218,15 @@ class Daemon:
             self.systemd.tick(draining=drain_deadline is not None)
             time.sleep(TICK_S)
 
-    def shutdown(self) -> None:
+    def shutdown(self, failure: str = "") -> None:
+        """Stop everything; ``failure``: the daemon stops because of this error (then every stream it stops
+        ends as failed, saying why, never with a status that looks complete)."""
         self.systemd.stopping("shutting down")
         if self._reload_job is not None:
             self._reload_job.cancel()
             self._reload_job.join(timeout=5.0)
         if self.pipeline is not None:
-            self.pipeline.stop()
+            self.pipeline.stop(failure)
             still_running = self.pipeline.join(timeout_s=5.0)
             if still_running:
                 self.pipeline.abort()
@@ -242,6 +247,13 @@ class Daemon:
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """What a signal does: record it for the main loop (no locks: safe in a handler, any thread)."""
         self._signals.append(signum)
+
+    def _take_signals(self) -> list[int]:
+        """The signals recorded since the last call, in order; a burst of SIGHUPs is one reload (the last):
+        a reload reads everything anew, and a flood of them must not hold up the main loop."""
+        taken = [self._signals.pop(0) for _ in range(len(self._signals))]
+        return [signum for index, signum in enumerate(taken)
+                if signum != signal.SIGHUP or signal.SIGHUP not in taken[index + 1:]]
 
     def _wait_for_subscribers(self) -> None:
         wanted = self.config.publish.zmq.wait_for_subscribers

@@ -73,7 +73,8 @@ class EndOfStream:
 
     stream_id: str
     frames: int = field(default=0)  # how many frames were read from the source
-    state: str = "ended"  # or "failed": a live source whose reconnect attempts ran out, or a source that broke
+    state: str = "ended"  # or "failed": a live source whose reconnect attempts ran out, a source that broke,
+    # or a stream cut short by the daemon's failure
     previous_state: str | None = None
     detail: str = ""  # why it failed, or what was missing (published in the final status message)
     complete: bool = True  # False: not read in full (failed, undecodable frames, shorter than declared)

@@ -11,10 +11,20 @@ from pydantic import AfterValidator, Field, ValidationInfo
 
 def _resolve(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
-    value = value.expanduser()
+    value = _expand_home(value)
     if base is not None and not value.is_absolute():
         value = Path(os.path.normpath(Path(base) / value))
     return value
+
+
+def _expand_home(value: Path) -> Path:
+    """``~`` and ``~user`` expanded. A user with no home directory (or none at all) is a ValueError, which
+    pydantic reports as a configuration error: pathlib's RuntimeError would pass through validation."""
+    try:
+        return value.expanduser()
+    except RuntimeError:
+        home = value.parts[0]
+        raise ValueError(f"cannot expand {home}: no such user, or no home directory") from None
 
 
 ConfigPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve)]  # TOML has no path type: a string

@@ -5,6 +5,10 @@ Subscriptions travel upstream (every one of them: the XPUB side is verbose), so 
 some subscriber wants, and a subscriber that joins late still gets each stream's current status from the
 daemon that owns it (its last-value cache). Stream ids must be unique across the fleet; every message
 names its daemon (``instance``) and its run (``run_id``). Without CURVE: put it on the daemons' network.
+
+Its endpoints and ``--send-hwm`` are checked as the daemon checks ``publish.zmq`` (exit 2 and one line when
+wrong). SIGTERM and SIGINT stop it; SIGHUP is ignored (there is nothing to reload), so that a ``kill -HUP``
+meant for the daemons never cuts their subscribers off.
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ import argparse
 import signal
 import sys
 import threading
+import time
 
 import zmq
 
 from pipelines.publishers.zmq import needs_ipv6
+from tools import zmq_options
 
 DEFAULT_SEND_HWM = 10000
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+HANDLED_SIGNALS = {*STOP_SIGNALS, signal.SIGHUP}
+TICK_S = 0.1  # how soon a recorded signal is acted on
 
 
 class Forwarder:
@@ -59,21 +68,31 @@ class Forwarder:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First, and until exit: handlers that only record (Python runs them in this thread, whichever thread the
+    # signal reached). A mask and sigwait would not do: threads started by the imports (NumPy's OpenBLAS
+    # pool) do not block the signals, and one that takes a SIGHUP or a SIGTERM ends the process.
+    received: list[int] = []
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, lambda signum, frame: received.append(signum))
     parser = argparse.ArgumentParser(prog="nfnet-forward", description=__doc__.split(": ", 1)[1].split("\n\n")[0])
-    parser.add_argument("--connect", action="append", required=True,
+    parser.add_argument("--connect", action="append", required=True, type=zmq_options.connect_endpoint,
                         help="a daemon's ZeroMQ endpoint (repeat for each daemon)")
-    parser.add_argument("--bind", default="tcp://*:5556", help="where subscribers connect (default tcp://*:5556)")
-    parser.add_argument("--send-hwm", type=int, default=DEFAULT_SEND_HWM,
-                        help="messages queued per subscriber before ZeroMQ drops for it")
+    parser.add_argument("--bind", default="tcp://*:5556", type=zmq_options.bind_endpoint,
+                        help="where subscribers connect (default tcp://*:5556)")
+    parser.add_argument("--send-hwm", type=zmq_options.send_hwm, default=DEFAULT_SEND_HWM,
+                        help="messages queued per subscriber before ZeroMQ drops for it (1 to 10000000)")
     args = parser.parse_args(argv)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # for sigwait, in every thread
     try:
         forwarder = Forwarder(args.connect, args.bind, args.send_hwm)
     except zmq.ZMQError as exc:
         print(f"nfnet-forward: error: {exc}", file=sys.stderr)
         return 3
     print(f"forwarding {', '.join(args.connect)} on {forwarder.endpoint}", file=sys.stderr)
-    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    while not STOP_SIGNALS.intersection(received):
+        time.sleep(TICK_S)
+        while signal.SIGHUP in received:
+            received.remove(signal.SIGHUP)
+            print("nfnet-forward: SIGHUP ignored (nothing to reload)", file=sys.stderr)
     forwarder.stop()
     return 0
 

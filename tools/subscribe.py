@@ -19,6 +19,7 @@ from pipelines.publishers.console import format_text
 from pipelines.publishers.curve import secure_client
 from pipelines.publishers.message import LABEL_PREFIX, STATUS_PREFIX, label_topic, status_topic
 from pipelines.publishers.zmq import needs_ipv6
+from tools import zmq_options
 
 EXIT_LABELS_MISSING = 4  # with --until-ended: labels were lost on the way
 FINAL_STATES = ("ended", "failed")
@@ -29,7 +30,7 @@ HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nfnet-subscribe", description=__doc__.split(": ", 1)[1])
-    parser.add_argument("--endpoint", action="append", default=[],
+    parser.add_argument("--endpoint", action="append", default=[], type=zmq_options.connect_endpoint,
                         help="a daemon's (or forwarder's) ZeroMQ endpoint; repeat for a fleet "
                              "(default: tcp://127.0.0.1:5555)")
     parser.add_argument("--stream", action="append", default=[],

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipelines.config_base import StrictModel
 from pipelines.paths import ConfigPath
@@ -59,6 +59,15 @@ class ZmqPublisherConfig(StrictModel):
         if self.curve is not None and self.endpoint.startswith("inproc://"):
             raise ValueError(f"CURVE cannot protect an inproc:// endpoint ({self.endpoint}): use tcp:// or ipc://")
         return self
+
+
+def check_zmq_option(key: str, value: Any) -> Any:
+    """``value`` checked as ``publish.zmq.<key>`` is (an endpoint's syntax and port, ``send_hwm``'s bounds), for
+    the tools' command lines: they take the same values the daemon does. A ValueError says why not."""
+    try:
+        return getattr(ZmqPublisherConfig.model_validate({key: value}), key)
+    except ValidationError as exc:
+        raise ValueError("; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())) from None
 
 
 class ConsolePublisherConfig(StrictModel):

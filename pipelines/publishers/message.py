@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.frames import Frame
 from pipelines.postprocess.topk import Prediction
+from pipelines.redact import mask_credentials
 
 SCHEMA_VERSION = 4
 # ZeroMQ matches subscriptions by prefix. Topics end in "/", which stream ids may not contain, so one
@@ -117,10 +118,11 @@ class EndAccounts:
 def build_status_message(stream_id: str, state: str, previous: str | None, detail: str, time_ns: int,
                          run: RunIdentity, accounts: EndAccounts | None = None) -> dict[str, Any]:
     """A stream's state change, published on its ``status_topic``; with ``accounts`` at the end.
-    ``replay`` is false: the publisher sets it on the copies it sends to a subscriber that just joined."""
+    ``replay`` is false: the publisher sets it on the copies it sends to a subscriber that just joined.
+    URL passwords in ``detail`` (a source's error) are masked."""
     message: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "type": "status", **run.fields(),
                                "stream_id": stream_id, "state": state, "previous_state": previous,
-                               "detail": detail, "time_ns": time_ns, "replay": False}
+                               "detail": mask_credentials(detail), "time_ns": time_ns, "replay": False}
     if accounts is not None:
         message.update(accounts.fields())
     return message

@@ -61,6 +61,7 @@ class CaptureStage(Stage):
         self._stop_reading = threading.Event()  # a stop of the pipeline, or this registration's removal
         self._stopped_because = ""  # why it was stopped from outside: said in its end (a removal, a restart)
         self._removed = False
+        self._cut_by_failure = False  # stopped because the daemon failed: it ends failed, not complete
         self._captured = metrics.frames.labels(stream=source.stream_id)
         self._index = 0  # the next frame's index in this stream
         self._last_accepted = float("-inf")
@@ -84,6 +85,8 @@ class CaptureStage(Stage):
             log.error("stream %s failed: %s", stream_id, self._gave_up, extra=self._context)
         finally:
             self._source.close()
+        if self._cut_by_failure:
+            final_state = "failed"
         shortfall = self._shortfall()
         self._end(final_state, "; ".join(filter(None, (self._stopped_because, self._gave_up, shortfall))),
                   complete=final_state != "failed" and not shortfall)
@@ -108,13 +111,15 @@ class CaptureStage(Stage):
         """Frames its mux buffer holds: a live source's ``buffer_frames``; a file's room to read ahead."""
         return config.buffer_frames if is_live(config) else self._file_read_ahead
 
-    def stop(self, because: str = "", removed: bool = False) -> None:
+    def stop(self, because: str = "", removed: bool = False, failed: bool = False) -> None:
         """Stop reading (a stop of the pipeline, or, saying ``because``, this registration's removal or
-        restart); every frame already read still goes on."""
+        restart, or the daemon's failure: ``failed``, then the stream ends failed); every frame already read
+        still goes on."""
         if self._stop_reading.is_set():  # the first reason stands (a removal, then the daemon's stop)
             return
         self._stopped_because = because
         self._removed = removed
+        self._cut_by_failure = failed
         self._stop_reading.set()
 
     def cancel(self) -> None:

@@ -176,7 +176,8 @@ class PipelineMetrics:
             "(it was cut short or damaged at its end).", ["stream"], registry=r)
         self.streams_ended = Counter(
             f"{PREFIX}_streams_ended", "Streams that came to an end, by their final state: ended (a file read to "
-            "its end, or a source stopped at shutdown) or failed (a live source that gave up reconnecting).",
+            "its end, or a source stopped at shutdown) or failed (a live source that gave up reconnecting, or a "
+            "stream cut by the daemon's failure).",
             ["stream", "state"], registry=r)
         self.model = Info(f"{PREFIX}_model", "The model and engine in use.", registry=r)
         self.build_seconds = Gauge(

@@ -180,15 +180,16 @@ class Pipeline:
             self._removed.discard(stream)
         self._start_ready()
 
-    def stop(self) -> None:
-        """Stop reading sources; frames already read are still classified and published."""
+    def stop(self, failure: str = "") -> None:
+        """Stop reading sources; frames already read are still classified and published. ``failure``: the
+        daemon stops because of this error: each stream stopped ends as failed, saying so."""
         self._stop.set()
         self._streams.close()
         for stream, stage in list(self._captures.items()):
             if self._running and not stage.started:  # a restart's registration, still waiting: it read nothing
                 self._withdraw(self._captures.pop(stream), "")
             else:
-                stage.stop()
+                stage.stop(f"the daemon failed: {failure}" if failure else "", failed=bool(failure))
 
     def abort(self) -> None:
         self._abort.set()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from pipelines.config_base import StrictModel
 from pipelines.paths import ConfigPath
+from pipelines.redact import mask_credentials
 
 # A stream id is a ZeroMQ topic and a Prometheus label value: keep it plain.
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -124,22 +124,14 @@ def is_live(config: SourceBase) -> bool:
     return not isinstance(config, FileSourceConfig) or config.pace
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs, errors and status messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
 def describe_source(config: SourceBase) -> str:
-    """What a source reads, as safe to print: a stream URL's password is hidden."""
+    """What a source reads, as safe to print: any URL's password is hidden (a stream's, or one in a GStreamer
+    pipeline or a camera's device string)."""
     if isinstance(config, FileSourceConfig):
         return f"file {config.path}" + (" (paced)" if config.pace else "")
     if isinstance(config, StreamSourceConfig):
-        return f"stream {redact_url(config.url)}"
+        return f"stream {mask_credentials(config.url)}"
     if isinstance(config, CameraSourceConfig):
-        return f"camera {config.device}"
+        return f"camera {mask_credentials(str(config.device))}"
     assert isinstance(config, GStreamerSourceConfig)
-    return f"gstreamer {config.pipeline}"
+    return f"gstreamer {mask_credentials(config.pipeline)}"
