@@ -66,7 +66,9 @@ class CaptureStage(Stage):
         self._last_accepted = float("-inf")
         self._pace_origin: tuple[float, float] | None = None  # (perf_counter, pts) of the first paced frame
         self._gave_up = ""  # why the stream failed, if it did
-        self._undecodable = 0  # a file's frames that could not be decoded
+        self._undecodable = 0  # a file's frames that could not be decoded (or were skipped with damaged data)
+        self._read = 0  # frames the source delivered
+        self._decode_failures = 0  # frames its decoder said it could not decode
         self._missing = 0  # a file's frames its container declares but that were never read
         self._frames_missing = metrics.frames_missing.labels(stream=source.stream_id)
         self._context = stream_context(source.stream_id)
@@ -163,8 +165,9 @@ class CaptureStage(Stage):
         if self._undecodable:
             parts.append(f"{self._undecodable} frame(s) could not be decoded")
         if self._missing:
-            parts.append(f"the file ended {self._missing} frame(s) before the {self._source.declared_frames} its "
-                         "container declares")
+            timeline = self._source.timeline
+            length = "its duration and frame rate make" if timeline.estimated else "its container declares"
+            parts.append(f"the file ended {self._missing} frame(s) before the {timeline.frames} {length}")
         return "; ".join(parts)
 
     def _capture(self) -> str:
@@ -212,22 +215,37 @@ class CaptureStage(Stage):
         return "ended"
 
     def _count_missing(self) -> None:
-        """A file that ends before the length its container declares: a warning, counted. One frame short is
-        not: containers that only estimate their length (MKV, AVI without an index) can be one off."""
-        declared = self._source.declared_frames
-        if declared - self._index > 1:
-            self._missing = declared - self._index
+        """A file that ends before the length it should have: a warning, counted. One frame short is not:
+        a length estimated from the duration (Matroska, MPEG-TS), or declared by an AVI without an index, can
+        be one off."""
+        length = self._source.timeline.frames
+        if length - self._index > 1:
+            self._missing = length - self._index
             self._frames_missing.inc(self._missing)
             log.warning("stream %s: %s", self._source.stream_id, self._shortfall(), extra=self._context)
 
+    def _lost_before(self, raw: RawFrame) -> int:
+        """Frames of a file lost just before this one, each then an index and a ``decode_error`` drop: those
+        its decoder could not decode, or more where the frame's timestamp puts it further on the file's
+        timeline (a demuxer that resynchronised past damaged data skipped frames without a word).
+
+        The frame's index is the furthest of: the next index, its place on the timeline, and the frames read
+        plus the decode failures so far. A decoder's failure can be reported a few frames before or after the
+        gap it leaves (frame threads): it then moves frames off their place for a while, and counts only once."""
+        self._decode_failures += raw.undecodable_before
+        index = max(self._index, self._source.timeline.slot(raw.pts), self._read + self._decode_failures)
+        self._read += 1
+        return index - self._index
+
     def _hand_on(self, raw: RawFrame, read_start: float) -> None:
-        if raw.undecodable_before:  # each undecodable frame of a damaged file: an index, and a drop
-            self._undecodable += raw.undecodable_before
-            self._index += raw.undecodable_before
-            for _ in range(raw.undecodable_before):
+        lost = self._lost_before(raw)
+        if lost:
+            self._undecodable += lost
+            self._index += lost
+            for _ in range(lost):
                 self._drop("decode_error")
             log.warning("stream %s: %d frame(s) before frame %d could not be decoded", self._source.stream_id,
-                        raw.undecodable_before, self._index, extra=self._context)
+                        lost, self._index, extra=self._context)
         index = self._index
         self._index += 1
         self._captured.inc()

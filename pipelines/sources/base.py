@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.sources.config import SourceBase
+from pipelines.sources.timeline import Timeline
 
 
 class SourceError(RuntimeError):
@@ -42,7 +43,7 @@ class RawFrame:
 class Source(ABC):
     stream_id: str
     config: SourceBase
-    declared_frames: int = 0  # a file's length as its container declares it (0: unknown)
+    timeline: Timeline = Timeline()  # what a file should hold (length, frame interval); unknown when live
 
     @property
     @abstractmethod

@@ -18,6 +18,7 @@ from pipelines.sources.config import (
     StreamSourceConfig,
     describe_source,
 )
+from pipelines.sources.timeline import Timeline, file_timeline
 
 
 def silence_native_logs() -> None:
@@ -114,7 +115,8 @@ class OpenCvSource(Source):
                               "video frame")
         self._fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
         if isinstance(self.config, FileSourceConfig):
-            self.declared_frames = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+            self.timeline = file_timeline(self.config.path) or \
+                Timeline(max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))), estimated=True)
         self._capture = capture
         self._delivered = 0
         # The probe's frame is kept, not re-read: seeking back is unreliable, and impossible on a stream.

@@ -20,6 +20,7 @@ from pipelines.paths import file_problem
 from pipelines.sources.base import RawFrame, Source, SourceError, Yuv420
 from pipelines.sources.config import FileSourceConfig, describe_source
 from pipelines.sources.opencv import UNDECODABLE_IN_A_ROW
+from pipelines.sources.timeline import stream_timeline
 
 # FFmpeg's planar 4:2:0 formats handed on as planes, and whether each is full (JPEG) range.
 PLANAR_420 = {"yuv420p": False, "yuvj420p": True}
@@ -84,7 +85,7 @@ class PyAvFileSource(Source):
         if self.decode_threads:
             stream.thread_count = self.decode_threads
         self._container = container
-        self.declared_frames = max(0, stream.frames)
+        self.timeline = stream_timeline(container, stream)
         self._frames = self._decode(av, container, stream)
         self._pending = next(self._frames, None)
         if self._pending is None:

@@ -1,0 +1,61 @@
+"""What a video file should hold, for counting what of it could not be read: its length in frames, and, at a
+constant frame rate, the interval its timestamps step by.
+
+Both decoders take it from the same place, FFmpeg's view of the container through PyAV, so that they count
+the same file alike. A container that declares no frame count (Matroska, WebM, MPEG-TS) is expected to hold
+its duration times its frame rate, as OpenCV's ``CAP_PROP_FRAME_COUNT`` has it: an estimate, one frame off at
+times. A demuxer that resynchronises past damaged data says nothing about what it skipped; the timestamps
+then jump, by a whole number of frame intervals at a constant rate. At a variable rate (FFmpeg's average
+rate differs from the rate all timestamps fit) a jump means nothing, and is not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    frames: int = 0  # the frames the file should hold (0: unknown)
+    estimated: bool = False  # ``frames`` is the duration times the frame rate, not a count the container declares
+    interval_s: float = 0.0  # a constant frame rate's interval (0: variable or unknown: timestamps not checked)
+
+    def slot(self, pts: float) -> int:
+        """The frame a timestamp (seconds from the start) belongs to, or -1 when timestamps are not checked.
+        Never past the file's last frame: a timestamp that leaps beyond the file's length (a discontinuity)
+        cannot make it lose more frames than it holds."""
+        if not self.interval_s or pts < 0:
+            return -1
+        return min(round(pts / self.interval_s), self.frames - 1)
+
+
+def stream_timeline(container: Any, stream: Any) -> Timeline:
+    """The timeline of a PyAV video ``stream`` of ``container``."""
+    rate = stream.average_rate
+    if not rate:
+        return Timeline(max(0, stream.frames))
+    constant = stream.base_rate is not None and abs(Fraction(stream.base_rate) / Fraction(rate) - 1) < 0.001
+    declared = max(0, stream.frames)
+    frames = declared or round(_duration_s(container, stream) * rate)
+    return Timeline(frames, not declared, float(1 / rate) if constant and frames else 0.0)
+
+
+def _duration_s(container: Any, stream: Any) -> float:
+    """The stream's duration, else the container's (which may include a longer audio track)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1_000_000 if container.duration else 0.0
+
+
+def file_timeline(path: Path) -> Timeline | None:
+    """The timeline of a file's first video stream; None when PyAV cannot open it."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return stream_timeline(container, container.streams.video[0]) if container.streams.video else None
+    except av.FFmpegError:
+        return None

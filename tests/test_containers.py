@@ -1,0 +1,130 @@
+"""Nothing lost in any container: a file cut short or damaged, in Matroska, WebM, MP4, MOV or MPEG-TS, under
+either decoder, has every frame it should hold published or counted. Real daemon processes on real files the
+tests make, as in ``tests/test_reliability.py``."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.subscriber import scrape
+from tests.test_reliability import (
+    FRAMES,
+    assert_every_frame_accounted,
+    damage,
+    file_config,
+    h264,
+    run_to_the_end,
+)
+
+RATE = 25  # the test clips' frame rate
+
+# Container (file suffix) and codec of each clip: H.264, or VP8/VP9 through libvpx in WebM.
+CLIPS = {"mkv": (".mkv", "h264"), "webm-vp9": (".webm", "libvpx-vp9"), "webm-vp8": (".webm", "libvpx"),
+         "mp4": (".mp4", "h264"), "mov": (".mov", "h264"), "mpegts": (".ts", "h264")}
+
+
+def has_encoder(name: str) -> bool:
+    encoders = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    return f" {name} " in encoders
+
+
+def clip(path: Path, codec: str) -> Path:
+    """240 frames of ffmpeg's test pattern at 25 frames/s; MP4 and MOV with their index first, so that the first
+    half of one still opens."""
+    if codec == "h264":
+        return h264(path, faststart=path.suffix in (".mp4", ".mov"))
+    if not has_encoder(codec):
+        pytest.skip(f"this ffmpeg has no {codec} encoder")
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", f"testsrc2=size=320x240:rate={RATE}", "-frames:v", str(FRAMES), "-c:v", codec,
+                    "-deadline", "realtime", "-cpu-used", "8", "-g", "25", "-b:v", "400k", "-pix_fmt", "yuv420p",
+                    str(path)], check=True)
+    return path
+
+
+def cut_in_half(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def timestamp_span(path: Path) -> int:
+    """The frames a file's timestamps span, by ffprobe: its duration x its frame rate."""
+    duration = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                               str(path)], capture_output=True, text=True, check=True).stdout
+    return round(float(duration) * RATE)
+
+
+def counted(detail: str) -> tuple[int, int, int, int]:
+    """From a file's final status: frames that could not be decoded, frames missing at its end, frames
+    published, frames read."""
+    undecodable = re.search(r"(\d+) frame\(s\) could not be decoded", detail)
+    missing = re.search(r"the file ended (\d+) frame\(s\) before the (\d+)", detail)
+    published, read = map(int, re.search(r"(\d+) of (\d+) frames published", detail).groups())
+    return (int(undecodable.group(1)) if undecodable else 0, int(missing.group(1)) if missing else 0,
+            published, read)
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "opencv"])
+@pytest.mark.parametrize("harm", ["cut", "damaged"])
+@pytest.mark.parametrize("kind", CLIPS)
+def test_every_frame_a_file_should_hold_is_published_or_counted(tmp_path: Path, daemon_process, kind: str,
+                                                                harm: str, decoder: str) -> None:
+    suffix, codec = CLIPS[kind]
+    video = clip(tmp_path / f"clip{suffix}", codec)
+    (cut_in_half if harm == "cut" else damage)(video)
+    # An MPEG-TS declares no length: cut, it is a shorter file, which its timestamps are all there is to say.
+    should_hold = timestamp_span(video) if (kind, harm) == ("mpegts", "cut") else FRAMES
+    config, zmq_port, _ = file_config(tmp_path, video, decoder=decoder)
+    daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
+    end = subscriber.statuses[-1]
+    undecodable, missing, published, read = counted(end["detail"])
+    assert end["state"] == "ended" and published == len(subscriber.labels) < should_hold, end
+    assert read - published == undecodable, "every frame read and not published could not be decoded"
+    assert read + missing == should_hold, f"before: {published} of {published} frames published, exit 0"
+    assert assert_every_frame_accounted(subscriber) <= read
+    # Frames lost in the middle are counted where they were lost: each published frame is at its place on the
+    # file's timeline, or a few frames ahead where a decoder reports a failure before the gap it leaves.
+    assert all(0 <= m["frame_index"] - round(m["pts"] * RATE) <= 8 for _, m in subscriber.labels)
+    assert daemon.wait(60) == 4, daemon.stderr
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "opencv"])
+def test_a_matroska_file_cut_short_is_expected_to_hold_its_duration_times_its_frame_rate(
+        tmp_path: Path, daemon_process, decoder: str) -> None:
+    video = cut_in_half(h264(tmp_path / "cut.mkv"))
+    config, zmq_port, metrics_port = file_config(tmp_path, video, exit_when_done=False, decoder=decoder)
+    daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
+    daemon.wait_for_log("all streams ended")
+    metrics = scrape(metrics_port)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0, daemon.stderr
+    _, missing, _, read = counted(subscriber.statuses[-1]["detail"])
+    assert read + missing == FRAMES and missing > 100, "before (pyav): 119 of 119 frames published"
+    assert f"the file ended {missing} frame(s) before the {FRAMES} its duration and frame rate make" in \
+        subscriber.statuses[-1]["detail"]
+    assert metrics[("nfnet_stream_frames_missing_total", (("stream", "cam"),))] == missing
+
+
+def variable_rate(path: Path) -> Path:
+    """240 frames in 13.6 s: 7 of every 10 frames of a 25 frames/s source, each at its own time."""
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", f"testsrc2=size=320x240:rate={RATE}", "-vf", r"select='lt(mod(n\,10)\,7)'",
+                    "-fps_mode", "vfr", "-frames:v", str(FRAMES), "-c:v", "libx264", "-preset", "veryfast",
+                    "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "opencv"])
+def test_the_timestamps_of_a_variable_rate_file_are_not_taken_for_lost_frames(tmp_path: Path, daemon_process,
+                                                                              decoder: str) -> None:
+    video = variable_rate(tmp_path / "phone.mp4")
+    config, zmq_port, _ = file_config(tmp_path, video, decoder=decoder)
+    daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
+    assert daemon.wait(60) == 0, daemon.stderr
+    assert assert_every_frame_accounted(subscriber) == len(subscriber.labels) == FRAMES
