@@ -111,6 +111,22 @@ def test_a_matroska_file_cut_short_is_expected_to_hold_its_duration_times_its_fr
     assert metrics[("nfnet_stream_frames_missing_total", (("stream", "cam"),))] == missing
 
 
+@pytest.mark.parametrize("decoder", ["pyav", "opencv"])
+def test_a_recording_whose_end_was_never_written_is_read_past_the_demuxers_failures(
+        tmp_path: Path, daemon_process, decoder: str) -> None:
+    """An MPEG-TS whose second half is zeros (a preallocated file the recorder never filled): FFmpeg's demuxer
+    fails on the zeros (EAGAIN) before it reaches the end."""
+    video = h264(tmp_path / "recording.ts")
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
+    config, zmq_port, _ = file_config(tmp_path, video, decoder=decoder)
+    daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
+    assert daemon.wait(60) == 0, daemon.stderr
+    _, missing, published, read = counted(subscriber.statuses[-1]["detail"])
+    assert published == read == timestamp_span(video) and missing == 0, "before (pyav): 116 of 116, the first " \
+                                                                        "failed read the end"
+
+
 def variable_rate(path: Path) -> Path:
     """240 frames in 13.6 s: 7 of every 10 frames of a 25 frames/s source, each at its own time."""
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",

@@ -5,7 +5,8 @@ shrinks to the model's size: at 1080p the conversion is a quarter of the decodin
 4:2:0 planes are handed on as they are (:class:`~pipelines.sources.base.Yuv420`, views of the decoder's
 buffers), and only the model-sized result is converted. Other pixel formats are converted to BGR by
 FFmpeg, as OpenCV would. A damaged file is read past its bad packets like OpenCV's (each one counted as an
-undecodable frame, ``UNDECODABLE_IN_A_ROW`` of them in a row the end).
+undecodable frame), and past its demuxer's failures (an MPEG-TS's EAGAIN on garbage, an I/O error), which
+OpenCV retries too; ``UNDECODABLE_IN_A_ROW`` failures in a row are the end.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def import_av() -> ModuleType:
 def _view(plane: Any) -> np.ndarray:
     """A decoded frame's plane as a (height, width) view, without its row padding."""
     return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:plane.height, :plane.width]
+
+
+def _packets(av: ModuleType, container: Any, stream: Any) -> Iterator[Any | None]:
+    """The stream's packets to the end of the file (PyAV ends them with a flush); None for each read that
+    fails (an I/O error), after which reading goes on from where it stopped."""
+    while True:
+        try:
+            yield from container.demux(stream)
+            return
+        except av.FFmpegError:
+            yield None
 
 
 class PyAvFileSource(Source):
@@ -104,17 +116,17 @@ class PyAvFileSource(Source):
     def _decode(self, av: ModuleType, container: Any, stream: Any) -> Iterator[RawFrame]:
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         rate = float(stream.average_rate or 0)
-        packets = container.demux(stream)
-        delivered = undecodable = 0
-        while undecodable < UNDECODABLE_IN_A_ROW:
-            try:
-                packet = next(packets)
-            except (StopIteration, av.FFmpegError):  # the end, or a container that cannot be read further
+        delivered = undecodable = failures = 0  # failures: reads and decodes that failed in a row
+        for packet in _packets(av, container, stream):
+            if failures >= UNDECODABLE_IN_A_ROW:
                 return
+            if packet is None:  # a read that failed: what it cost shows in the next frame's timestamp
+                failures += 1
+                continue
             try:
                 frames = packet.decode()
             except av.FFmpegError:  # a damaged packet: its frame is lost, decoding goes on after it
-                undecodable += 1
+                undecodable, failures = undecodable + 1, failures + 1
                 continue
             for frame in frames:
                 full_range = PLANAR_420.get(frame.format.name)
@@ -123,7 +135,7 @@ class PyAvFileSource(Source):
                          else Yuv420(*map(_view, frame.planes), full_range))
                 pts = frame.time - start if frame.time is not None else (delivered / rate if rate else 0.0)
                 yield RawFrame(image, pts, undecodable)
-                delivered, undecodable = delivered + 1, 0
+                delivered, undecodable, failures = delivered + 1, 0, 0
 
     def close(self) -> None:
         if self._container is not None:
