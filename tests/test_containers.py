@@ -1,6 +1,6 @@
-"""Nothing lost in any container: a file cut short or damaged, in Matroska, WebM, MP4, MOV or MPEG-TS, under
-either decoder, has every frame it should hold published or counted. Real daemon processes on real files the
-tests make, as in ``tests/test_reliability.py``."""
+"""Files in any container, under either decoder: a file cut short or damaged, in Matroska, WebM, MP4, MOV or
+MPEG-TS, has every frame it should hold published or counted; a rotated video is turned as it is displayed.
+Real daemon processes on real files the tests make, as in ``tests/test_reliability.py``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pipelines.preprocess import FrameShrinker
+from pipelines.sources import create_source
+from pipelines.sources.config import FileSourceConfig
 from tests.subscriber import scrape
 from tests.test_reliability import (
     FRAMES,
@@ -20,6 +24,7 @@ from tests.test_reliability import (
     h264,
     run_to_the_end,
 )
+from tests.test_preprocess import info_for
 
 RATE = 25  # the test clips' frame rate
 
@@ -144,3 +149,61 @@ def test_the_timestamps_of_a_variable_rate_file_are_not_taken_for_lost_frames(tm
     daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
     assert daemon.wait(60) == 0, daemon.stderr
     assert assert_every_frame_accounted(subscriber) == len(subscriber.labels) == FRAMES
+
+
+def rotated(path: Path, degrees: int = 90) -> Path:
+    """An H.264 MP4 whose display matrix turns it ``degrees`` (a phone's portrait video): ffmpeg >= 6 sets it
+    with ``-display_rotation``, older ones from the ``rotate`` tag when copying."""
+    stored = h264(path.with_name(f"stored-{path.name}"), frames=50)
+    version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split()[2]
+    modern = version[0].isdigit() and int(version.split(".")[0]) >= 6
+    turn = ["-display_rotation", str(degrees), "-i", str(stored)] if modern else \
+        ["-i", str(stored), "-metadata:s:v:0", f"rotate={degrees}"]
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *turn, "-c", "copy", str(path)],
+                   check=True)
+    matrix = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream_side_data=rotation", "-of",
+                             "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    assert matrix.strip().lstrip("-") == str(degrees), f"no display matrix written: {matrix!r}"
+    return path
+
+
+def frames_of(config: FileSourceConfig) -> tuple[set[tuple[int, int]], np.ndarray]:
+    """The frame sizes a source delivers, and its frames shrunk to a 64x64 model's pixels."""
+    source = create_source(config)
+    source.open()
+    shrink = FrameShrinker(info_for((64, 64), 0.875))
+    sizes, pixels = set(), []
+    while (frame := source.read()) is not None:
+        sizes.add(frame.size_hw)
+        pixels.append(shrink(frame.image))
+    source.close()
+    return sizes, np.stack(pixels).astype(int)
+
+
+@pytest.mark.parametrize("rotation", ["auto", "ignore"])
+def test_both_decoders_turn_a_rotated_video_alike_or_leave_it_as_stored(tmp_path: Path, rotation: str) -> None:
+    video = rotated(tmp_path / "portrait.mp4")
+    pyav_sizes, pyav = frames_of(FileSourceConfig(id="a", path=video, decoder="pyav", rotation=rotation))
+    opencv_sizes, opencv = frames_of(FileSourceConfig(id="a", path=video, decoder="opencv", rotation=rotation))
+    expected = {(320, 240)} if rotation == "auto" else {(240, 320)}
+    assert pyav_sizes == opencv_sizes == expected, f"before: pyav {pyav_sizes}, opencv {opencv_sizes}"
+    difference = np.abs(pyav - opencv)
+    assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 12, "the same pictures, the same way up"
+
+
+def test_a_rotated_video_is_classified_upright_and_alike_under_either_decoder(tmp_path: Path,
+                                                                              daemon_process) -> None:
+    """A pixel ROI that fits the frame as displayed (240 wide, 320 high), not as stored (320 x 240): each
+    decoder reads every frame through it, and both give each frame the same label."""
+    video = rotated(tmp_path / "portrait.mp4")
+    labels = {}
+    for decoder in ("pyav", "opencv"):
+        config, zmq_port, _ = file_config(tmp_path, video, decoder=decoder)
+        config = config.replace(f'decoder = "{decoder}"\n',
+                                f'decoder = "{decoder}"\nroi = {{ x = 0, y = 160, width = 240, height = 160 }}\n')
+        daemon, subscriber = run_to_the_end(lambda text: daemon_process(text, name=decoder), config, zmq_port)
+        assert daemon.wait(60) == 0, daemon.stderr
+        end = subscriber.statuses[-1]
+        assert end["state"] == "ended" and len(subscriber.labels) == 50, f"before ({decoder}): {end['detail']}"
+        labels[decoder] = [(m["frame_index"], m["top_k"][0]["label"]) for _, m in subscriber.labels]
+    assert labels["pyav"] == labels["opencv"]

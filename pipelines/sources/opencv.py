@@ -108,6 +108,8 @@ class OpenCvSource(Source):
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"source {self.stream_id!r}: cannot open {describe_source(self.config)}")
+        if isinstance(self.config, FileSourceConfig):  # (not an open parameter: set before the first read)
+            capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, float(self.config.rotation == "auto"))
         ok, image = capture.read()
         if not ok or image is None:
             capture.release()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.paths import file_problem
-from pipelines.sources.base import RawFrame, Source, SourceError, Yuv420
+from pipelines.sources.base import RawFrame, Source, SourceError, Yuv420, rotated
 from pipelines.sources.config import FileSourceConfig, describe_source
 from pipelines.sources.opencv import UNDECODABLE_IN_A_ROW
 from pipelines.sources.timeline import stream_timeline
@@ -117,6 +117,7 @@ class PyAvFileSource(Source):
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         rate = float(stream.average_rate or 0)
         delivered = undecodable = failures = 0  # failures: reads and decodes that failed in a row
+        turn = self.config.rotation == "auto"
         for packet in _packets(av, container, stream):
             if failures >= UNDECODABLE_IN_A_ROW:
                 return
@@ -133,6 +134,8 @@ class PyAvFileSource(Source):
                 # (frame.planes makes new plane objects at each access: taken once)
                 image = (frame.to_ndarray(format="bgr24") if full_range is None
                          else Yuv420(*map(_view, frame.planes), full_range))
+                if turn and frame.rotation:
+                    image = rotated(image, frame.rotation)
                 pts = frame.time - start if frame.time is not None else (delivered / rate if rate else 0.0)
                 yield RawFrame(image, pts, undecodable)
                 delivered, undecodable, failures = delivered + 1, 0, 0
