@@ -69,6 +69,7 @@ class CaptureStage(Stage):
         self._undecodable = 0  # a file's frames that could not be decoded (or were skipped with damaged data)
         self._read = 0  # frames the source delivered
         self._decode_failures = 0  # frames its decoder said it could not decode
+        self._first_pts: float | None = None  # the first frame's timestamp: where a file's timeline starts
         self._missing = 0  # a file's frames its container declares but that were never read
         self._frames_missing = metrics.frames_missing.labels(stream=source.stream_id)
         self._context = stream_context(source.stream_id)
@@ -229,11 +230,15 @@ class CaptureStage(Stage):
         its decoder could not decode, or more where the frame's timestamp puts it further on the file's
         timeline (a demuxer that resynchronised past damaged data skipped frames without a word).
 
-        The frame's index is the furthest of: the next index, its place on the timeline, and the frames read
-        plus the decode failures so far. A decoder's failure can be reported a few frames before or after the
-        gap it leaves (frame threads): it then moves frames off their place for a while, and counts only once."""
+        The frame's index is the furthest of: the next index, its place on the timeline (from the first frame
+        read: a container's start time can lie before it), and the frames read plus the decode failures so far.
+        A decoder's failure can be reported a few frames before or after the gap it leaves (frame threads): it
+        then moves frames off their place for a while, and counts only once."""
+        if self._first_pts is None:
+            self._first_pts = raw.pts
         self._decode_failures += raw.undecodable_before
-        index = max(self._index, self._source.timeline.slot(raw.pts), self._read + self._decode_failures)
+        slot = self._source.timeline.slot(raw.pts - self._first_pts)
+        index = max(self._index, slot, self._read + self._decode_failures)
         self._read += 1
         return index - self._index
 

@@ -36,9 +36,9 @@ _ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_9
 def rotated(image: np.ndarray | Yuv420, degrees: float) -> np.ndarray | Yuv420:
     """``image`` turned ``degrees`` counter-clockwise, to the nearest quarter turn (a display matrix's rotation).
 
-    A frame's planes are turned each (chroma as luma, its halves swapped with it), by ``cv2.rotate``: a copy, a
-    tenth of a resize's cost, where a rotated view (``np.rot90``) would make every OpenCV call that shrinks it
-    copy it with strides, ten times slower."""
+    Planes are turned one by one with ``cv2.rotate``, a copy (0.25 ms for a 1080p frame), and stay on the
+    plane path: a rotated view (``np.rot90``) would be copied with its strides by every OpenCV call that
+    shrinks it, ten times slower."""
     code = _ROTATE.get(round(degrees / 90) % 4)
     if code is None:
         return image

@@ -23,13 +23,13 @@ class Timeline:
     estimated: bool = False  # ``frames`` is the duration times the frame rate, not a count the container declares
     interval_s: float = 0.0  # a constant frame rate's interval (0: variable or unknown: timestamps not checked)
 
-    def slot(self, pts: float) -> int:
-        """The frame a timestamp (seconds from the start) belongs to, or -1 when timestamps are not checked.
-        Never past the file's last frame: a timestamp that leaps beyond the file's length (a discontinuity)
-        cannot make it lose more frames than it holds."""
-        if not self.interval_s or pts < 0:
+    def slot(self, since_first_s: float) -> int:
+        """The frame a timestamp belongs to (seconds after the first frame's), or -1 when timestamps are not
+        checked. Never past the file's last frame: a timestamp that leaps beyond the file's length (a
+        discontinuity) cannot make it lose more frames than it holds."""
+        if not self.interval_s or since_first_s < 0:
             return -1
-        return min(round(pts / self.interval_s), self.frames - 1)
+        return min(round(since_first_s / self.interval_s), self.frames - 1)
 
 
 def stream_timeline(container: Any, stream: Any) -> Timeline:
@@ -51,9 +51,11 @@ def _duration_s(container: Any, stream: Any) -> float:
 
 
 def file_timeline(path: Path) -> Timeline | None:
-    """The timeline of a file's first video stream; None when PyAV cannot open it."""
-    import av
-
+    """The timeline of a file's first video stream; None when PyAV is missing or cannot open it."""
+    try:
+        import av
+    except ImportError:
+        return None
     try:
         with av.open(str(path)) as container:
             return stream_timeline(container, container.streams.video[0]) if container.streams.video else None
