@@ -132,6 +132,30 @@ def test_a_recording_whose_end_was_never_written_is_read_past_the_demuxers_failu
                                                                         "failed read the end"
 
 
+def with_longer_audio(path: Path) -> Path:
+    """240 frames (9.6 s) of H.264 (VP9 in WebM) beside 12 s of sound, as a recording whose sound outlasts its
+    picture: the container's duration is the sound's."""
+    video = ["libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8"] if path.suffix == ".webm" else \
+        ["libx264", "-preset", "veryfast"]
+    audio = "libopus" if path.suffix in (".webm", ".mkv") else "mp2"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", f"testsrc2=size=320x240:rate={RATE}:duration={FRAMES / RATE}", "-f", "lavfi",
+                    "-i", "sine=duration=12", "-c:v", *video, "-pix_fmt", "yuv420p", "-c:a", audio, str(path)],
+                   check=True)
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "opencv"])
+@pytest.mark.parametrize("suffix", [".mkv", ".webm", ".ts"])
+def test_a_file_whose_sound_outlasts_its_picture_is_expected_to_hold_its_pictures_only(
+        tmp_path: Path, daemon_process, suffix: str, decoder: str) -> None:
+    video = with_longer_audio(tmp_path / f"recording{suffix}")
+    config, zmq_port, _ = file_config(tmp_path, video, decoder=decoder)
+    daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
+    assert daemon.wait(60) == 0, f"before (opencv): 60 frames said missing, 240 of 300: {daemon.stderr}"
+    assert assert_every_frame_accounted(subscriber) == len(subscriber.labels) == FRAMES
+
+
 def variable_rate(path: Path) -> Path:
     """240 frames in 13.6 s: 7 of every 10 frames of a 25 frames/s source, each at its own time."""
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",

@@ -35,19 +35,33 @@ class Timeline:
 def stream_timeline(container: Any, stream: Any) -> Timeline:
     """The timeline of a PyAV video ``stream`` of ``container``."""
     rate = stream.average_rate
+    declared = max(0, stream.frames) or int(_tag(stream, "NUMBER_OF_FRAMES") or 0)
     if not rate:
-        return Timeline(max(0, stream.frames))
+        return Timeline(declared)
     constant = stream.base_rate is not None and abs(Fraction(stream.base_rate) / Fraction(rate) - 1) < 0.001
-    declared = max(0, stream.frames)
     frames = declared or round(_duration_s(container, stream) * rate)
     return Timeline(frames, not declared, float(1 / rate) if constant and frames else 0.0)
 
 
+def _tag(stream: Any, name: str) -> str | None:
+    """A Matroska track's statistics tag (mkvmerge and ffmpeg write them), with or without a language suffix."""
+    for key, value in stream.metadata.items():
+        if key.upper() == name or key.upper().startswith(f"{name}-"):
+            return value
+    return None
+
+
 def _duration_s(container: Any, stream: Any) -> float:
-    """The stream's duration, else the container's (which may include a longer audio track)."""
+    """The video stream's duration: its own, else its Matroska ``DURATION`` tag (HH:MM:SS.nnnnnnnnn), else the
+    container's, which a longer audio track lengthens."""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    return container.duration / 1_000_000 if container.duration else 0.0
+    hours, _, rest = (_tag(stream, "DURATION") or "").partition(":")
+    minutes, _, seconds = rest.partition(":")
+    try:
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return container.duration / 1_000_000 if container.duration else 0.0
 
 
 def file_timeline(path: Path) -> Timeline | None:
