@@ -15,6 +15,7 @@ import pytest
 from pipelines.preprocess import FrameShrinker
 from pipelines.sources import create_source
 from pipelines.sources.config import FileSourceConfig
+from pipelines.sources.timeline import FramePlacer, Timeline
 from tests.subscriber import scrape
 from tests.test_reliability import (
     FRAMES,
@@ -73,6 +74,33 @@ def counted(detail: str) -> tuple[int, int, int, int]:
     published, read = map(int, re.search(r"(\d+) of (\d+) frames published", detail).groups())
     return (int(undecodable.group(1)) if undecodable else 0, int(missing.group(1)) if missing else 0,
             published, read)
+
+
+def placed(timeline: Timeline, frames: list[tuple[float, int]]) -> list[int]:
+    """The indexes a capture stage gives frames read as (pts, undecodable before it)."""
+    placer, indexes = FramePlacer(timeline), []
+    for pts, undecodable in frames:
+        indexes.append(placer.place(pts, undecodable, indexes[-1] + 1 if indexes else 0))
+    return indexes
+
+
+def test_frames_a_demuxer_skipped_are_counted_where_they_were_lost_and_a_late_failure_once() -> None:
+    timeline = Timeline(10, interval_s=0.04)
+    assert placed(timeline, [(n * 0.04, 0) for n in (0, 1, 2, 6, 7, 8, 9)]) == [0, 1, 2, 6, 7, 8, 9]
+    # Frame 5's failure, reported by a frame-threaded decoder with frame 3 (early) or frame 8 (late).
+    early = [(0.0, 0), (0.04, 0), (0.08, 0), (0.12, 1), (0.16, 0), (0.24, 0), (0.28, 0), (0.32, 0), (0.36, 0)]
+    assert placed(timeline, early)[-1] == 9
+    late = [(0.0, 0), (0.04, 0), (0.08, 0), (0.12, 0), (0.16, 0), (0.24, 0), (0.28, 0), (0.32, 1), (0.36, 0)]
+    assert placed(timeline, late) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert placed(Timeline(10), [(0.0, 0), (0.4, 0), (0.44, 2)]) == [0, 1, 4], "no interval: failures only"
+    assert placed(timeline, [(0.0, 0), (3600.0, 0)]) == [0, 9], "a leap past the end loses no more than it holds"
+
+
+def test_a_frame_rate_a_little_off_does_not_add_up_to_lost_frames_over_a_long_file() -> None:
+    """An hour at 29.97 frames/s whose rate the container rounds to 30: 108 frames' worth of drift."""
+    frames = 107_892
+    assert placed(Timeline(frames, interval_s=1 / 30), [(n * 1001 / 30000, 0) for n in range(frames)]) == \
+        list(range(frames))
 
 
 @pytest.mark.parametrize("decoder", ["pyav", "opencv"])

@@ -29,6 +29,7 @@ from pipelines.runtime.stream_state import StreamStates
 from pipelines.sources.backoff import backoff_delay
 from pipelines.sources.base import RawFrame, Source, SourceError
 from pipelines.sources.config import FileSourceConfig, SourceBase, describe_source, is_live
+from pipelines.sources.timeline import FramePlacer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,9 +68,7 @@ class CaptureStage(Stage):
         self._pace_origin: tuple[float, float] | None = None  # (perf_counter, pts) of the first paced frame
         self._gave_up = ""  # why the stream failed, if it did
         self._undecodable = 0  # a file's frames that could not be decoded (or were skipped with damaged data)
-        self._read = 0  # frames the source delivered
-        self._decode_failures = 0  # frames its decoder said it could not decode
-        self._first_pts: float | None = None  # the first frame's timestamp: where a file's timeline starts
+        self._placer = FramePlacer(source.timeline)  # renewed at each opening (a file's timeline is known then)
         self._missing = 0  # a file's frames its container declares but that were never read
         self._frames_missing = metrics.frames_missing.labels(stream=source.stream_id)
         self._context = stream_context(source.stream_id)
@@ -191,6 +190,7 @@ class CaptureStage(Stage):
                     continue
                 opened, failures = True, 0
                 self._pace_origin = None
+                self._placer = FramePlacer(self._source.timeline)
                 self._states.set(self._source.stream_id, "running")
             read_start = time.perf_counter()
             raw = self._waiting(self._source.read)
@@ -228,19 +228,8 @@ class CaptureStage(Stage):
     def _lost_before(self, raw: RawFrame) -> int:
         """Frames of a file lost just before this one, each then an index and a ``decode_error`` drop: those
         its decoder could not decode, or more where the frame's timestamp puts it further on the file's
-        timeline (a demuxer that resynchronised past damaged data skipped frames without a word).
-
-        The frame's index is the furthest of: the next index, its place on the timeline (from the first frame
-        read: a container's start time can lie before it), and the frames read plus the decode failures so far.
-        A decoder's failure can be reported a few frames before or after the gap it leaves (frame threads): it
-        then moves frames off their place for a while, and counts only once."""
-        if self._first_pts is None:
-            self._first_pts = raw.pts
-        self._decode_failures += raw.undecodable_before
-        slot = self._source.timeline.slot(raw.pts - self._first_pts)
-        index = max(self._index, slot, self._read + self._decode_failures)
-        self._read += 1
-        return index - self._index
+        timeline (a demuxer that resynchronised past damaged data skipped frames without a word)."""
+        return self._placer.place(raw.pts, raw.undecodable_before, self._index) - self._index
 
     def _hand_on(self, raw: RawFrame, read_start: float) -> None:
         lost = self._lost_before(raw)

@@ -23,13 +23,42 @@ class Timeline:
     estimated: bool = False  # ``frames`` is the duration times the frame rate, not a count the container declares
     interval_s: float = 0.0  # a constant frame rate's interval (0: variable or unknown: timestamps not checked)
 
-    def slot(self, since_first_s: float) -> int:
-        """The frame a timestamp belongs to (seconds after the first frame's), or -1 when timestamps are not
+    def slot(self, since_s: float, from_index: int) -> int:
+        """The index of the frame ``since_s`` seconds after frame ``from_index``, or -1 when timestamps are not
         checked. Never past the file's last frame: a timestamp that leaps beyond the file's length (a
         discontinuity) cannot make it lose more frames than it holds."""
-        if not self.interval_s or since_first_s < 0:
+        if not self.interval_s or since_s < 0:
             return -1
-        return min(round(since_first_s / self.interval_s), self.frames - 1)
+        return min(from_index + round(since_s / self.interval_s), self.frames - 1)
+
+
+class FramePlacer:
+    """Each frame read from a file at its index on the file's timeline, so that the frames lost before it (a
+    gap in the indexes) are counted where they were lost.
+
+    A frame's index is the furthest of: the next index, its place on the timeline, and the frames read plus
+    the decoder's failures so far. A decoder can report a failure a few frames before or after the gap it
+    leaves (frame threads): frames are then off their place for a while, and the loss counts once. The place
+    is measured from the last frame that was at its place (the first frame read, to start with: a container's
+    start time can lie before it), so that a frame rate a little off does not add up over a long file."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        self._timeline = timeline
+        self._read = 0
+        self._decode_failures = 0
+        self._anchor: tuple[float, int] | None = None  # (pts, index) of the last frame at its place
+
+    def place(self, pts: float, undecodable_before: int, next_index: int) -> int:
+        """The index of a frame read with timestamp ``pts`` (seconds) after ``undecodable_before`` frames the
+        decoder could not decode, ``next_index`` being the index that follows the last one given out."""
+        self._decode_failures += undecodable_before
+        since, at = self._anchor or (pts, next_index)
+        slot = self._timeline.slot(pts - since, at)
+        index = max(next_index, slot, self._read + self._decode_failures)
+        if index == slot or self._anchor is None:
+            self._anchor = (pts, index)
+        self._read += 1
+        return index
 
 
 def stream_timeline(container: Any, stream: Any) -> Timeline:
