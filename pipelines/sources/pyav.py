@@ -6,7 +6,8 @@ shrinks to the model's size: at 1080p the conversion is a quarter of the decodin
 buffers), and only the model-sized result is converted. Other pixel formats are converted to BGR by
 FFmpeg, as OpenCV would. A damaged file is read past its bad packets like OpenCV's (each one counted as an
 undecodable frame), and past its demuxer's failures (an MPEG-TS's EAGAIN on garbage, an I/O error), which
-OpenCV retries too; ``UNDECODABLE_IN_A_ROW`` failures in a row are the end.
+OpenCV retries too; ``UNDECODABLE_IN_A_ROW`` failures in a row are the end. A frame is turned as its display
+matrix says (``rotation = "auto"``), as OpenCV turns it.
 """
 
 from __future__ import annotations
