@@ -69,7 +69,7 @@ class CaptureStage(Stage):
         self._gave_up = ""  # why the stream failed, if it did
         self._undecodable = 0  # a file's frames that could not be decoded (or were skipped with damaged data)
         self._placer = FramePlacer(source.timeline)  # renewed at each opening (a file's timeline is known then)
-        self._missing = 0  # a file's frames its container declares but that were never read
+        self._missing = 0  # frames the file should hold (its timeline's length) but that were never read
         self._frames_missing = metrics.frames_missing.labels(stream=source.stream_id)
         self._context = stream_context(source.stream_id)
         self._lock = threading.Lock()  # this thread's frames and end, against an abandonment during a stop
