@@ -27,7 +27,7 @@ def read_all(config: FileSourceConfig) -> tuple[list[np.ndarray], list[float], i
         pixels.append(shrink(frame.image))
         pts.append(frame.pts)
     source.close()
-    return pixels, pts, source.declared_frames
+    return pixels, pts, source.timeline.frames
 
 
 def test_the_same_frames_as_opencv_with_their_colours_within_a_few_levels(tmp_path: Path) -> None:

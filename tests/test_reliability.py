@@ -50,8 +50,13 @@ def h264(path: Path, frames: int = FRAMES, faststart: bool = False) -> Path:
 
 
 def damaged(path: Path) -> Path:
-    """4 KB of random bytes at five places in the middle of the video's data."""
-    data = bytearray(h264(path).read_bytes())
+    """An H.264 video with 4 KB of random bytes at five places in the middle of its data."""
+    return damage(h264(path))
+
+
+def damage(path: Path) -> Path:
+    """4 KB of random bytes at five places in the middle of the video's data, in place."""
+    data = bytearray(path.read_bytes())
     rng = np.random.default_rng(0)
     for offset in np.linspace(len(data) * 0.15, len(data) * 0.75, 5).astype(int):
         data[offset:offset + 4096] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()

@@ -29,6 +29,7 @@ from pipelines.runtime.stream_state import StreamStates
 from pipelines.sources.backoff import backoff_delay
 from pipelines.sources.base import RawFrame, Source, SourceError
 from pipelines.sources.config import FileSourceConfig, SourceBase, describe_source, is_live
+from pipelines.sources.timeline import FramePlacer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,8 +68,9 @@ class CaptureStage(Stage):
         self._last_accepted = float("-inf")
         self._pace_origin: tuple[float, float] | None = None  # (perf_counter, pts) of the first paced frame
         self._gave_up = ""  # why the stream failed, if it did
-        self._undecodable = 0  # a file's frames that could not be decoded
-        self._missing = 0  # a file's frames its container declares but that were never read
+        self._undecodable = 0  # a file's frames that could not be decoded (or were skipped with damaged data)
+        self._placer = FramePlacer(source.timeline)  # renewed at each opening (a file's timeline is known then)
+        self._missing = 0  # frames the file should hold (its timeline's length) but that were never read
         self._frames_missing = metrics.frames_missing.labels(stream=source.stream_id)
         self._context = stream_context(source.stream_id)
         self._lock = threading.Lock()  # this thread's frames and end, against an abandonment during a stop
@@ -177,8 +179,9 @@ class CaptureStage(Stage):
         if self._undecodable:
             parts.append(f"{self._undecodable} frame(s) could not be decoded")
         if self._missing:
-            parts.append(f"the file ended {self._missing} frame(s) before the {self._source.declared_frames} its "
-                         "container declares")
+            timeline = self._source.timeline
+            length = "its duration and frame rate make" if timeline.estimated else "its container declares"
+            parts.append(f"the file ended {self._missing} frame(s) before the {timeline.frames} {length}")
         return "; ".join(parts)
 
     def _capture(self) -> str:
@@ -201,6 +204,7 @@ class CaptureStage(Stage):
                     continue
                 opened, failures = True, 0
                 self._pace_origin = None
+                self._placer = FramePlacer(self._source.timeline)
                 self._states.set(self._source.stream_id, "running")
             read_start = time.perf_counter()
             raw = self._waiting(self._source.read)
@@ -226,21 +230,29 @@ class CaptureStage(Stage):
         return "ended"
 
     def _count_missing(self) -> None:
-        """A file that ends before the length its container declares: a warning, counted. One frame short is
-        not: containers that only estimate their length (MKV, AVI without an index) can be one off."""
-        declared = self._source.declared_frames
-        if declared - self._index > 1:
-            self._missing = declared - self._index
+        """A file that ends before the length it should have: a warning, counted. One frame short is not:
+        a length estimated from the duration (Matroska, MPEG-TS), or declared by an AVI without an index, can
+        be one off."""
+        length = self._source.timeline.frames
+        if length - self._index > 1:
+            self._missing = length - self._index
             self._frames_missing.inc(self._missing)
             log.warning("stream %s: %s", self._source.stream_id, self._shortfall(), extra=self._context)
 
+    def _lost_before(self, raw: RawFrame) -> int:
+        """Frames of a file lost just before this one, each then an index and a ``decode_error`` drop: those
+        its decoder could not decode, or more where the frame's timestamp puts it further on the file's
+        timeline (a demuxer that resynchronised past damaged data skipped frames without a word)."""
+        return self._placer.place(raw.pts, raw.undecodable_before, self._index) - self._index
+
     def _hand_on(self, raw: RawFrame, read_start: float) -> None:
-        if raw.undecodable_before:  # each undecodable frame of a damaged file: an index, and a drop
-            self._undecodable += raw.undecodable_before
-            self._index += raw.undecodable_before
-            self._drop("decode_error", raw.undecodable_before)
+        lost = self._lost_before(raw)
+        if lost:
+            self._undecodable += lost
+            self._index += lost
+            self._drop("decode_error", lost)
             log.warning("stream %s: %d frame(s) before frame %d could not be decoded", self._source.stream_id,
-                        raw.undecodable_before, self._index, extra=self._context)
+                        lost, self._index, extra=self._context)
         index = self._index
         self._index += 1
         self._captured.inc()

@@ -85,6 +85,9 @@ class FileSourceConfig(SourceBase):
         "pyav", description="pyav: FFmpeg through PyAV, 4:2:0 frames converted only once shrunk to the model's size "
                             "(faster on HD video). opencv: OpenCV's FFmpeg, frames converted to BGR at full size "
                             "(colours within a few levels of pyav's).")
+    rotation: Literal["auto", "ignore"] = Field(
+        "auto", description="auto: frames turned as the file's display matrix says (a phone's portrait video "
+                            "upright, as players show it), under either decoder; ignore: frames as stored.")
 
 
 class CameraSourceConfig(SourceBase):

@@ -18,6 +18,7 @@ from pipelines.sources.config import (
     StreamSourceConfig,
     describe_source,
 )
+from pipelines.sources.timeline import Timeline, file_timeline
 
 
 def silence_native_logs() -> None:
@@ -107,6 +108,8 @@ class OpenCvSource(Source):
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"source {self.stream_id!r}: cannot open {describe_source(self.config)}")
+        if isinstance(self.config, FileSourceConfig):  # (not an open parameter: set before the first read)
+            capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, float(self.config.rotation == "auto"))
         ok, image = capture.read()
         if not ok or image is None:
             capture.release()
@@ -114,7 +117,8 @@ class OpenCvSource(Source):
                               "video frame")
         self._fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
         if isinstance(self.config, FileSourceConfig):
-            self.declared_frames = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+            self.timeline = file_timeline(self.config.path) or \
+                Timeline(max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))), estimated=True)
         self._capture = capture
         self._delivered = 0
         # The probe's frame is kept, not re-read: seeking back is unreliable, and impossible on a stream.

@@ -5,7 +5,9 @@ shrinks to the model's size: at 1080p the conversion is a quarter of the decodin
 4:2:0 planes are handed on as they are (:class:`~pipelines.sources.base.Yuv420`, views of the decoder's
 buffers), and only the model-sized result is converted. Other pixel formats are converted to BGR by
 FFmpeg, as OpenCV would. A damaged file is read past its bad packets like OpenCV's (each one counted as an
-undecodable frame, ``UNDECODABLE_IN_A_ROW`` of them in a row the end).
+undecodable frame), and past its demuxer's failures (an MPEG-TS's EAGAIN on garbage, an I/O error), which
+OpenCV retries too; ``UNDECODABLE_IN_A_ROW`` failures in a row are the end. A frame is turned as its display
+matrix says (``rotation = "auto"``), as OpenCV turns it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from pipelines.paths import file_problem
-from pipelines.sources.base import RawFrame, Source, SourceError, Yuv420
+from pipelines.sources.base import RawFrame, Source, SourceError, Yuv420, rotated
 from pipelines.sources.config import FileSourceConfig, describe_source
 from pipelines.sources.opencv import UNDECODABLE_IN_A_ROW
+from pipelines.sources.timeline import stream_timeline
 
 # FFmpeg's planar 4:2:0 formats handed on as planes, and whether each is full (JPEG) range.
 PLANAR_420 = {"yuv420p": False, "yuvj420p": True}
@@ -45,6 +48,17 @@ def import_av() -> ModuleType:
 def _view(plane: Any) -> np.ndarray:
     """A decoded frame's plane as a (height, width) view, without its row padding."""
     return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:plane.height, :plane.width]
+
+
+def _packets(av: ModuleType, container: Any, stream: Any) -> Iterator[Any | None]:
+    """The stream's packets to the end of the file (PyAV ends them with a flush); None for each read that
+    fails (an I/O error), after which reading goes on from where it stopped."""
+    while True:
+        try:
+            yield from container.demux(stream)
+            return
+        except av.FFmpegError:
+            yield None
 
 
 class PyAvFileSource(Source):
@@ -84,7 +98,7 @@ class PyAvFileSource(Source):
         if self.decode_threads:
             stream.thread_count = self.decode_threads
         self._container = container
-        self.declared_frames = max(0, stream.frames)
+        self.timeline = stream_timeline(container, stream)
         self._frames = self._decode(av, container, stream)
         self._pending = next(self._frames, None)
         if self._pending is None:
@@ -103,26 +117,29 @@ class PyAvFileSource(Source):
     def _decode(self, av: ModuleType, container: Any, stream: Any) -> Iterator[RawFrame]:
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         rate = float(stream.average_rate or 0)
-        packets = container.demux(stream)
-        delivered = undecodable = 0
-        while undecodable < UNDECODABLE_IN_A_ROW:
-            try:
-                packet = next(packets)
-            except (StopIteration, av.FFmpegError):  # the end, or a container that cannot be read further
+        delivered = undecodable = failures = 0  # failures: reads and decodes that failed in a row
+        turn = self.config.rotation == "auto"
+        for packet in _packets(av, container, stream):
+            if failures >= UNDECODABLE_IN_A_ROW:
                 return
+            if packet is None:  # a read that failed: what it cost shows in the next frame's timestamp
+                failures += 1
+                continue
             try:
                 frames = packet.decode()
             except av.FFmpegError:  # a damaged packet: its frame is lost, decoding goes on after it
-                undecodable += 1
+                undecodable, failures = undecodable + 1, failures + 1
                 continue
             for frame in frames:
                 full_range = PLANAR_420.get(frame.format.name)
                 # (frame.planes makes new plane objects at each access: taken once)
                 image = (frame.to_ndarray(format="bgr24") if full_range is None
                          else Yuv420(*map(_view, frame.planes), full_range))
+                if turn and frame.rotation:
+                    image = rotated(image, frame.rotation)
                 pts = frame.time - start if frame.time is not None else (delivered / rate if rate else 0.0)
                 yield RawFrame(image, pts, undecodable)
-                delivered, undecodable = delivered + 1, 0
+                delivered, undecodable, failures = delivered + 1, 0, 0
 
     def close(self) -> None:
         if self._container is not None:
