@@ -225,6 +225,7 @@ class Daemon:
         if self._reload_job is not None:
             self._reload_job.cancel()
             self._reload_job.join(timeout=5.0)
+            log.warning("SIGHUP: configuration not reloaded: the daemon stopped while it was being prepared")
         if self.pipeline is not None:
             self.pipeline.stop(failure)
             still_running = self.pipeline.join(timeout_s=5.0)

@@ -25,6 +25,7 @@ from pipelines.publishers.config import ZmqPublisherConfig
 from pipelines.publishers.message import RunIdentity, build_status_message, encode, status_topic
 from pipelines.publishers.zmq import REPLAYS_PER_SERVE, ZmqPublisher
 from tests.conftest import REPO, SHAPES_MODEL, daemon_config, free_port
+from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
 from tests.source_tables import file_source, source_table
 from tests.subscriber import Subscriber, check_message, scrape
 from tests.test_stream_changes import Reloader, stream_messages, wait_for
@@ -255,8 +256,7 @@ def test_a_removed_streams_last_status_is_forgotten_after_replay_removed_s(tmp_p
         reload(config(steady + many, zmq_port, metrics_port, zmq_extra=settings))
         subscriber.receive_until(lambda m: sum(s["state"] == "ended" for s in subscriber.statuses) == 31, 60)
         reload(config(steady, zmq_port, metrics_port, zmq_extra=settings))
-        wait_for(lambda: daemon.stderr.count("removed from the configuration") >= 30, daemon)
-        time.sleep(1.5)
+        time.sleep(1.5)  # replay_removed_s, and then some
         with closing(Subscriber(f"tcp://127.0.0.1:{zmq_port}", topics=("status/",))) as late:
             late.receive_until(lambda m: False, timeout_s=10, quiet_s=1.5)
         daemon.signal(signal.SIGTERM)
@@ -271,7 +271,8 @@ def assert_statuses_follow_the_streams_life(messages: list[dict[str, Any]]) -> i
     for before, after in zip(messages, messages[1:], strict=False):
         if before["type"] == "status" and before["state"] in FINAL:
             assert after["type"] == "status" and after["state"] in ("connecting", "running"), (before, after)
-            assert after["previous_state"] in FINAL, after
+            removed = "removed from the configuration" in before["detail"]  # then added again: a new stream
+            assert after["previous_state"] in ((None, *FINAL) if removed else FINAL), (before, after)
     for message in messages:
         ends += message["type"] == "status" and message["state"] in FINAL
     seqs = [m["seq"] for m in messages if m["type"] == "label"]
@@ -280,26 +281,30 @@ def assert_statuses_follow_the_streams_life(messages: list[dict[str, Any]]) -> i
 
 
 def test_a_streams_statuses_follow_its_life_through_a_reload_storm(tmp_path: Path, daemon_process) -> None:
-    """One stream restarted, removed and added again by SIGHUPs every 20 ms: a registration removed before it
-    started published 'running' between the previous one's labels, then two 'ended' in a row."""
+    """One stream restarted, removed and added again by a SIGHUP every 150 ms or so: a registration removed
+    before it started published 'running' between the previous one's labels, then two 'ended' in a row."""
     zmq_port, metrics_port = free_port(), free_port()
     video = ffmpeg_video(tmp_path / "cam.mp4", 3000)
     steady = file_source("steady", tmp_path / "steady.mp4", 5)
-    variants = [config(steady + source_table("cam", path=video, decoder=decoder), zmq_port, metrics_port)
-                for decoder in ("pyav", "opencv")] + [config(steady, zmq_port, metrics_port)]
+    # On the MIGraphX double slowed to 50 ms a GPU operation, a registration's drain outlasts a reload or two
+    engine = migraphx_double_engine(tmp_path / "cache")
+    variants = [daemon_config(SHAPES_MODEL, steady + source_table("cam", path=video, decoder=decoder), zmq_port,
+                              metrics_port, False, engine=engine, top_k=1)
+                for decoder in ("pyav", "opencv")]
+    variants.append(daemon_config(SHAPES_MODEL, steady, zmq_port, metrics_port, False, engine=engine, top_k=1))
     with closing(Subscriber(f"tcp://127.0.0.1:{zmq_port}")) as subscriber:
-        daemon = daemon_process(variants[0]).start()
+        daemon = daemon_process(variants[0], env={**DOUBLES_ENV, "HIP_DOUBLE_OP_DELAY_S": "0.05"}).start()
         subscriber.receive_labels(10, timeout_s=60)
-        for index in range(1, 151):
+        for index in range(1, 60):  # ending with the stream removed
             daemon.config.write_text(variants[index % 3])
             daemon.signal(signal.SIGHUP)
-            time.sleep(0.02)
-            subscriber.receive_until(lambda m: False, timeout_s=1, quiet_s=0.0)
+            until = time.monotonic() + 0.15
+            subscriber.receive_until(lambda m, until=until: time.monotonic() > until, timeout_s=5)
         subscriber.receive_until(lambda m: False, timeout_s=30, quiet_s=2.0)
         daemon.signal(signal.SIGTERM)
         subscriber.receive_until(lambda m: False, timeout_s=30, quiet_s=1.0)
         assert daemon.wait(60) == 0, daemon.stderr
-    assert daemon.stderr.count("SIGHUP: configuration reloaded") >= 20
+    assert daemon.stderr.count("SIGHUP: configuration reloaded") >= 15
     cam = [m for m in stream_messages(subscriber, "cam") if not m.get("replay")]
     assert assert_statuses_follow_the_streams_life(cam) >= 10
 
@@ -333,6 +338,5 @@ def test_a_reload_opening_big_files_leaves_the_main_loop_free_and_holds_one_at_a
         assert daemon.wait(60) == 0, daemon.stderr
     probed = daemon.stderr.count("can be read")
     assert probed < 20, "the SIGTERM waited for every file to be opened"
-    assert "SIGHUP: configuration not reloaded, keeping the running one: the daemon is stopping" in daemon.stderr \
-        or "SIGHUP: the daemon is stopping; configuration not reloaded" in daemon.stderr
+    assert "configuration not reloaded" in daemon.stderr and "configuration reloaded" not in daemon.stderr
     assert grown < 200, f"peak memory grew by {grown:.0f} MB while {probed} 4K file(s) were probed"

@@ -87,20 +87,21 @@ class CaptureStage(Stage):
             log.error("stream %s failed: %s", stream_id, self._gave_up, extra=self._context)
         finally:
             self._source.close()
-        if self._cut_by_failure:
-            final_state = "failed"
         shortfall = self._shortfall()
-        self._end(final_state, "; ".join(filter(None, (self._stopped_because, self._gave_up, shortfall))),
-                  complete=final_state != "failed" and not shortfall)
+        self._end(final_state, self._gave_up, shortfall, complete=final_state != "failed" and not shortfall)
 
-    def _end(self, state: str, why: str, complete: bool) -> bool:
-        """Put the stream's end in the mux, once (this thread or an abandonment); the output stage announces
-        it after the stream's last label. False if it was already ended."""
+    def _end(self, state: str, *reasons: str, complete: bool) -> bool:
+        """Put the stream's end in the mux, once (this thread or an abandonment), saying why it was stopped
+        (if it was) and ``reasons``; the output stage announces it after the stream's last label. False if it
+        was already ended."""
         stream_id = self._source.stream_id
-        with self._lock:
+        with self._lock:  # (a stop's reason, set under it, is in the end or refused: never lost between)
             if self._ended:
                 return False
             self._ended = True
+            if self._cut_by_failure:
+                state, complete = "failed", False
+            why = "; ".join(filter(None, (self._stopped_because, *reasons)))
             previous = self._states.get(stream_id)
             self._states.set(stream_id, state, "; ".join(filter(None, (why, f"{self._index} frames read"))),
                              announce=False)
@@ -113,16 +114,16 @@ class CaptureStage(Stage):
         """Frames its mux buffer holds: a live source's ``buffer_frames``; a file's room to read ahead."""
         return config.buffer_frames if is_live(config) else self._file_read_ahead
 
-    def stop(self, because: str = "", removed: bool = False, failed: bool = False) -> None:
+    def stop(self, because: str = "", removed: bool = False, failed: bool = False) -> bool:
         """Stop reading (a stop of the pipeline, or, saying ``because``, this registration's removal or
         restart, or the daemon's failure: ``failed``, then the stream ends failed); every frame already read
-        still goes on."""
-        if self._stop_reading.is_set():  # the first reason stands (a removal, then the daemon's stop)
-            return
-        self._stopped_because = because
-        self._removed = removed
-        self._cut_by_failure = failed
-        self._stop_reading.set()
+        still goes on. False if its end was out already (a file read to its end): that end says nothing of
+        this stop."""
+        with self._lock:
+            if not self._stop_reading.is_set():  # the first reason stands (a removal, then the daemon's stop)
+                self._stopped_because, self._removed, self._cut_by_failure = because, removed, failed
+                self._stop_reading.set()
+            return not self._ended
 
     def cancel(self) -> None:
         """Withdraw this registration before its thread started (its stream was removed or restarted again
@@ -157,8 +158,7 @@ class CaptureStage(Stage):
         since = self._waiting_since
         if not self._stop_reading.is_set() or since is None or time.monotonic() - since < longer_than_s:
             return False
-        why = "; ".join(filter(None, (self._stopped_because, "stopped while waiting for the source")))
-        ended = self._end("ended", why, complete=True)
+        ended = self._end("ended", "stopped while waiting for the source", complete=True)
         if ended:
             self.abandoned = True
             log.warning("stream %s: stopped while waiting for %s; its thread is left to time out",

@@ -82,18 +82,21 @@ class OutputStage(Stage):
         self._settings_lock = threading.Lock()
         self._new_k: int | None = None
         self._new_configs: dict[str, SourceBase] = {}
+        self._new_removed: list[str] = []
         # Held while a registration's end is published, and by amend_end: an amendment reaches its end or is
         # refused, never lost in between.
         self._ends_lock = threading.Lock()
         self._amendments: dict[str, tuple[int, str]] = {}  # stream -> (which of its ends, news for it)
 
-    def configure(self, k: int | None = None, sources: Iterable[SourceBase] = ()) -> None:
+    def configure(self, k: int | None = None, sources: Iterable[SourceBase] = (), removed: Iterable[str] = ()) -> None:
         """New top-k and streams' settings, in force from the next item on (any thread). A new stream's
-        settings are given before its capture stage starts, and so before its first frame."""
+        settings are given before its capture stage starts, and so before its first frame. ``removed``: streams
+        removed after their end was published (the publishers are told)."""
         with self._settings_lock:
             if k is not None:
                 self._new_k = k
             self._new_configs.update((config.id, config) for config in sources)
+            self._new_removed.extend(removed)
 
     def amend_end(self, stream: str, ordinal: int, because: str) -> bool:
         """The stream's ``ordinal``-th end (counting from 1) is to say ``because`` too, and count as its removal
@@ -110,8 +113,11 @@ class OutputStage(Stage):
 
     def _apply_new_settings(self) -> None:
         with self._settings_lock:
-            k, configs = self._new_k, self._new_configs
-            self._new_k, self._new_configs = None, {}
+            k, configs, removed = self._new_k, self._new_configs, self._new_removed
+            self._new_k, self._new_configs, self._new_removed = None, {}, []
+        for stream in removed:
+            for publisher in self._publishers:
+                publisher.stream_removed(status_topic(stream))
         if k is not None:
             self._k = k
         for stream, config in configs.items():

@@ -238,8 +238,15 @@ class Pipeline:
         if self._running and not stage.started:
             self._withdraw(stage, because if removed else "")
             return
-        stage.stop(because, removed)
         self._retiring.append(stage)
+        if not stage.stop(because, removed) and removed:  # it had ended by itself: its end says nothing of this
+            self._amend_or_announce_removal(stage.stream_id, because)
+
+    def _amend_or_announce_removal(self, stream: str, because: str) -> None:
+        """The stream's latest end (still to publish) says ``because`` too; once published, the publishers are
+        told the stream was removed all the same."""
+        if not self.output.amend_end(stream, self._registered[stream], because):
+            self.output.configure(removed=[stream])
 
     def _withdraw(self, stage: CaptureStage, because: str) -> None:
         """Withdraw a registration that never started; ``because``: news for its predecessor's end."""
@@ -247,9 +254,8 @@ class Pipeline:
         stage.cancel()
         self._streams.withdraw()
         self._registered[stream] -= 1
-        if because and not self.output.amend_end(stream, self._registered[stream], because):
-            log.info("stream %s: %s before its new registration started", stream, because,
-                     extra=stream_context(stream))
+        if because:
+            self._amend_or_announce_removal(stream, because)
 
     def _start_ready(self) -> None:
         """Start each registration whose stream's previous registrations have all ended and been published."""
