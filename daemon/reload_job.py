@@ -10,6 +10,7 @@ once. Each added stream's capture thread then opens its source again, with its s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -66,10 +67,8 @@ class ReloadJob(threading.Thread):
         self._cancelled.set()
 
     def run(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # (a sandbox may refuse it: the reload is then only slower to prepare)
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PROBE_NICENESS)  # this thread only
-        except OSError:  # (a sandbox may refuse it: the reload is only slower to prepare)
-            pass
         try:
             new = self._read_config()
             plan: ReloadPlan = plan_reload(self._current, new, self._failed)

@@ -6,7 +6,6 @@ where frames are compared; the placing of frames on a file's timeline as a pure 
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -18,7 +17,6 @@ from pipelines.preprocess import FrameShrinker
 from pipelines.sources import create_source
 from pipelines.sources.config import FileSourceConfig
 from pipelines.sources.timeline import FramePlacer, Timeline
-from tests.subscriber import scrape
 from tests.test_preprocess import info_for
 from tests.test_reliability import (
     FRAMES,
@@ -27,6 +25,7 @@ from tests.test_reliability import (
     file_config,
     h264,
     run_to_the_end,
+    run_to_the_end_and_scrape,
 )
 
 RATE = 25  # the test clips' frame rate
@@ -134,13 +133,10 @@ def test_a_matroska_file_cut_short_is_expected_to_hold_its_duration_times_its_fr
         tmp_path: Path, daemon_process, decoder: str) -> None:
     video = cut_in_half(h264(tmp_path / "cut.mkv"))
     config, zmq_port, metrics_port = file_config(tmp_path, video, exit_when_done=False, decoder=decoder)
-    daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
-    daemon.wait_for_log("all streams ended")
-    metrics = scrape(metrics_port)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(30) == 0, daemon.stderr
-    _, missing, _, read = counted(subscriber.statuses[-1]["detail"])
-    assert read + missing == FRAMES and missing > 100, "before (pyav): 119 of 119 frames published"
+    _, subscriber, metrics = run_to_the_end_and_scrape(daemon_process, config, zmq_port, metrics_port)
+    end = subscriber.statuses[-1]
+    missing = end["missing"]
+    assert end["frames"] + missing == FRAMES and missing > 100, "before (pyav): 119 of 119 frames published"
     assert f"the file ended {missing} frame(s) before the {FRAMES} its duration and frame rate make" in \
         subscriber.statuses[-1]["detail"]
     assert metrics[("nfnet_stream_frames_missing_total", (("stream", "cam"),))] == missing

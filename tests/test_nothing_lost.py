@@ -6,6 +6,7 @@ real sockets; every message a test subscriber receives is checked against the JS
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -268,7 +269,7 @@ def assert_statuses_follow_the_streams_life(messages: list[dict[str, Any]]) -> i
     """After an end, the stream's next message starts a new registration (never a label, never a second end);
     seq contiguous over the run. Returns the number of ends."""
     ends = 0
-    for before, after in zip(messages, messages[1:], strict=False):
+    for before, after in itertools.pairwise(messages):
         if before["type"] == "status" and before["state"] in FINAL:
             assert after["type"] == "status" and after["state"] in ("connecting", "running"), (before, after)
             removed = "removed from the configuration" in before["detail"]  # then added again: a new stream

@@ -82,6 +82,17 @@ def run_to_the_end(daemon_process, config: str, zmq_port: int) -> tuple[DaemonPr
     return daemon, subscriber
 
 
+def run_to_the_end_and_scrape(daemon_process, config: str, zmq_port: int,
+                              metrics_port: int) -> tuple[DaemonProcess, Subscriber, dict]:
+    """A daemon that stays up after its streams end: run it to the end, scrape its metrics, stop it (exit 0)."""
+    daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
+    daemon.wait_for_log("all streams ended")
+    metrics = scrape(metrics_port)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0, daemon.stderr
+    return daemon, subscriber, metrics
+
+
 def assert_every_frame_accounted(subscriber: Subscriber) -> int:
     """seq contiguous, and the frame_index gaps are exactly the frames said dropped; the frames accounted."""
     labels = [m for _, m in subscriber.labels]
@@ -117,11 +128,7 @@ def test_a_file_cut_short_says_how_much_is_missing(tmp_path: Path, daemon_proces
     whole = h264(tmp_path / "whole.mp4", faststart=True).read_bytes()  # index first: the half still opens
     video.write_bytes(whole[: len(whole) // 2])
     config, zmq_port, metrics_port = file_config(tmp_path, video, exit_when_done=False, decoder=decoder)
-    daemon, subscriber = run_to_the_end(daemon_process, config, zmq_port)
-    daemon.wait_for_log("all streams ended")
-    metrics = scrape(metrics_port)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(30) == 0, daemon.stderr
+    _, subscriber, metrics = run_to_the_end_and_scrape(daemon_process, config, zmq_port, metrics_port)
     read = assert_every_frame_accounted(subscriber)
     missing = FRAMES - read
     assert 60 < missing < 180, missing
