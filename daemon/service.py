@@ -187,7 +187,7 @@ class Daemon:
                     pipeline.stop()
                     self.systemd.stopping("draining: publishing frames in flight")
                     drain_deadline = time.monotonic() + cfg.drain_timeout_s
-                elif not pipeline.output.completed:
+                elif not pipeline.output.completed and not pipeline.idle:  # (idle: nothing left to publish)
                     log.warning("%s again: aborting the drain", signal.Signals(signum).name)
                     pipeline.abort()
             failures = pipeline.failures()
