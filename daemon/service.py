@@ -234,6 +234,9 @@ class Daemon:
                 still_running = self.pipeline.join(timeout_s=5.0)
             if still_running:
                 log.error("stages did not stop: %s", ", ".join(still_running))
+            if failure:
+                self.pipeline.announce_unended(f"the daemon failed: {failure}; the frames of this stream it had "
+                                               "read and not published are lost")
         for source in self.sources:
             if source.stream_id not in self._abandoned:  # a thread may still be inside it
                 source.close()

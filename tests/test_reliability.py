@@ -389,6 +389,8 @@ def test_nan_scores_never_reach_a_subscriber_and_the_failure_is_one_line(tmp_pat
     (error,) = [line for line in daemon.stderr.splitlines() if line.startswith("nfnet-daemon: error:")]
     assert "stage output failed: ValueError: Out of range float values are not JSON compliant" in error
     assert "Traceback" not in daemon.stderr
+    (end,) = subscriber.statuses[-1:]  # before: none; the subscriber saw the stream 'running' for ever
+    assert end["state"] == "failed" and end["detail"].startswith("the daemon failed: stage output failed:"), end
 
 
 def test_nfnet_subscribe_reports_a_restart_not_a_gap(tmp_path: Path, daemon_process) -> None:

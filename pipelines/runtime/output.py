@@ -227,6 +227,15 @@ class OutputStage(Stage):
             for publisher in self._publishers:
                 publisher.stream_removed(status_topic(stream))
 
+    def announce_failed(self, stream: str, why: str) -> None:
+        """After an abort, once this stage's thread has returned (the publishers are then free): announce that
+        ``stream``, whose end never came through, failed, saying ``why``."""
+        if self.is_alive():
+            raise RuntimeError("the output stage is still running: it publishes the ends itself")
+        self._metrics.streams_ended.labels(stream=stream, state="failed").inc()
+        self._send(status_topic(stream), build_status_message(stream, "failed", self._states.get(stream), why,
+                                                              time.time_ns(), self._run))
+
     def _announce_changes(self) -> None:
         while True:
             try:

@@ -194,6 +194,16 @@ class Pipeline:
     def abort(self) -> None:
         self._abort.set()
 
+    def announce_unended(self, why: str) -> list[str]:
+        """After an abort, once the output stage has stopped: each stream whose end was never published is
+        announced failed, saying ``why`` (no subscriber waits for an end that cannot come); those streams."""
+        if self.output.is_alive():
+            return []
+        streams = [stream for stream, count in self._registered.items() if self.output.ends_published[stream] < count]
+        for stream in streams:
+            self.output.announce_failed(stream, why)
+        return streams
+
     def abandon_waiting_sources(self, longer_than_s: float) -> list[str]:
         """During a stop: end the streams whose thread has been stuck in a source's open() or read() for
         ``longer_than_s`` (see :meth:`CaptureStage.abandon_if_waiting`); their ids."""
