@@ -16,14 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.engines import EngineConfig, EngineError, migraphx_engine, migraphx_unavailable
+from pipelines.engines import EngineConfig, EngineError, migraphx_engine, migraphx_identity, migraphx_unavailable
 from pipelines.engines.config import MigraphxOptions
 from pipelines.engines.migraphx_engine import MigraphxEngine, import_migraphx
 from pipelines.model_info import model_sha256, read_model_info
 from tests.conftest import SHAPES_MODEL
 from tests.double_fixtures import Doubles, use_doubles
 from tests.doubles.device import DEVICE
+from tests.elf_files import write_elf
 from tests.onnx_models import colour_model, sidecar_twins
+from tests.test_migraphx_identity import FACTS_VARIABLES
 
 INFO = read_model_info(SHAPES_MODEL)
 
@@ -347,3 +349,45 @@ def test_a_buffer_still_in_flight_cannot_be_submitted_again(tmp_path: Path) -> N
     first = engine.result(handle)
     np.testing.assert_array_equal(engine.infer(buffer, 4), first)
     engine.close()
+
+
+def test_each_codegen_variable_gets_its_own_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program compiled with MLIR off, CK on, another GEMM provider... carries that: a start with another
+    setting compiles its own, and the variables recorded are the ones the compile saw; a trace variable
+    changes nothing."""
+    doubles = use_doubles()
+    for name in FACTS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("MIGRAPHX_TRACE_COMPILE", raising=False)
+    outcomes = [outcome_of(build(doubles, tmp_path))]
+    for name in FACTS_VARIABLES:
+        monkeypatch.setenv(name, "1")
+        outcomes.append(outcome_of(build(doubles, tmp_path)))
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MIGRAPHX_TRACE_COMPILE", "1")
+    outcomes.append(outcome_of(build(doubles, tmp_path)))
+    assert outcomes == ["miss"] + ["miss"] * len(FACTS_VARIABLES) + ["hit"]
+    assert sorted(tuple(map(tuple, key["environment"])) for key in cache_keys(tmp_path)) == sorted(
+        [(), *(((name, "1"),) for name in FACTS_VARIABLES)])
+
+
+def test_another_miopen_build_gets_its_own_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MIGraphX 2.15.0 stays 2.15.0 across five releases; the libraries' build ids do not."""
+    doubles = use_doubles()
+    maps, miopen = tmp_path / "maps", tmp_path / "lib" / "libMIOpen.so.1"
+    miopen.parent.mkdir()
+    maps.write_text(f"7f0000000000-7f0000001000 r-xp 00000000 08:01 42   {miopen}\n")
+    monkeypatch.setattr(migraphx_identity, "PROC_MAPS", maps)
+    outcomes = []
+    for build_id in (b"\x01" * 20, b"\x01" * 20, b"\x02" * 20, b"\x01" * 20):
+        write_elf(miopen, build_id)
+        outcomes.append(outcome_of(build(doubles, tmp_path / "cache")))
+    assert outcomes == ["miss", "hit", "miss", "hit"]
+    assert sorted(dict(map(tuple, key["libraries"]))["libMIOpen.so.1"] for key in cache_keys(tmp_path / "cache")) == [
+        "build-id:" + "01" * 20, "build-id:" + "02" * 20]
+
+
+def outcome_of(engine: MigraphxEngine) -> str:
+    engine.close()
+    assert engine.build_report is not None
+    return engine.build_report.cache

@@ -16,7 +16,10 @@ from pipelines.engines.program_cache import CacheKey, ProgramCache
 
 KEY = CacheKey(model_sha256="ab" * 32, batch=4, precision="fp32", target="gpu", migraphx_version="2.15.0",
                device_arch="gfx90a:sramecc+:xnack-", compute_units=104, hip_runtime_version=70226015,
-               offload_copy=False, fast_math=True, exhaustive_tune=False)
+               offload_copy=False, fast_math=True, exhaustive_tune=False,
+               environment=(("MIGRAPHX_DISABLE_MLIR", "1"),),
+               libraries=(("migraphx", "build-id:0123"), ("libMIOpen.so.1.0", "build-id:4567"),
+                          ("librocblas.so", "absent")))
 
 
 class Compiler:
@@ -49,6 +52,8 @@ def test_miss_then_hit(tmp_path: Path) -> None:
 
 
 def changed(value: object) -> object:
+    if isinstance(value, tuple):
+        return (*value[:-1], (value[-1][0], f"{value[-1][1]}-other"))
     return not value if isinstance(value, bool) else value + 1 if isinstance(value, int) else f"{value}-other"
 
 
@@ -77,7 +82,7 @@ def test_stale_key_file_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixt
     compiler, cache = Compiler(), ProgramCache(tmp_path)
     compiler.get(cache)
     _, key_path = cache.paths(KEY)
-    key_path.write_text(json.dumps({**KEY.__dict__, "migraphx_version": "2.14.0"}))
+    key_path.write_text(json.dumps({**KEY.record(), "migraphx_version": "2.14.0"}))
     assert compiler.get(cache).outcome == "rebuilt"
     assert "stale" in caplog.text
 
@@ -130,3 +135,4 @@ def test_directory_that_is_a_file_compiles_without_caching(tmp_path: Path, monke
     result = Compiler().get(ProgramCache(blocker))
     assert (result.outcome, result.program, result.path) == ("uncached", "program #1", None)
     assert list((tmp_path / "tmp").iterdir()) == [], "the temporary program file is removed after loading"
+

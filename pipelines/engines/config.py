@@ -49,8 +49,9 @@ class MigraphxOptions(StrictModel):
     exhaustive_tune: bool = Field(False, description="Slower compile, possibly faster kernels.")
     cache_dir: ConfigPath = Field(
         default_factory=default_cache_dir,
-        description="Compiled programs, keyed by model hash, batch, precision, target, MIGraphX version "
-                    "and GPU architecture.",
+        description="Compiled programs, keyed by the model's hash, batch, precision, target, the GPU (ISA with "
+                    "features, compute units), the HIP runtime, the MIGraphX, MIOpen and rocBLAS library builds, and "
+                    "the MIGRAPHX_* environment variables that change what is compiled.",
     )
     device: int = Field(0, ge=0, le=255, description="HIP device index.")
     hip_library: str = Field(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from pipelines.engines.batching import resolve_batch
 from pipelines.engines.config import EngineConfig
 from pipelines.engines.hip import Hip, HipError, load_library
 from pipelines.engines.migraphx_compile import CompileRequest, compile_in_child
+from pipelines.engines.migraphx_identity import codegen_environment, library_identities
 from pipelines.engines.program_cache import CacheKey, ProgramCache
 from pipelines.model_info import ModelInfo, model_sha256
 
@@ -150,7 +152,9 @@ class MigraphxEngine(Engine):
 
     def _cache_key(self, model_path: Path, request: CompileRequest) -> CacheKey:
         """The key of the compiled program: the model, how it is compiled, and (on a GPU) the device as HIP
-        sees it — the ISA with its features, the compute units, the HIP runtime — for the device used."""
+        sees it — the ISA with its features, the compute units, the HIP runtime — for the device used; the
+        MIGraphX, MIOpen and rocBLAS builds, and the ``MIGRAPHX_*`` variables that the compile (a child with
+        this environment) reads (``migraphx_identity``)."""
         identity = None
         if self._hip is not None:
             try:
@@ -164,7 +168,8 @@ class MigraphxEngine(Engine):
             compute_units=identity.compute_units if identity else 0,
             hip_runtime_version=identity.runtime_version if identity else 0,
             offload_copy=request.offload_copy, fast_math=request.fast_math,
-            exhaustive_tune=request.exhaustive_tune,
+            exhaustive_tune=request.exhaustive_tune, environment=codegen_environment(os.environ),
+            libraries=library_identities(self._mgx),
         )
 
     def _check_program(self, program: Any, model_path: Path) -> None:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 P = TypeVar("P")
 Outcome = Literal["hit", "miss", "rebuilt", "uncached"]
 # Bump when what an entry holds, or what the key means, changes: older entries then miss and are rebuilt.
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,19 @@ class CacheKey:
     offload_copy: bool
     fast_math: bool
     exhaustive_tune: bool
+    # MIGRAPHX_* variables set that change what is compiled: (name, value), sorted (migraphx_identity)
+    environment: tuple[tuple[str, str], ...]
+    # (name, build id or hash) of the MIGraphX module and libraries, MIOpen, rocBLAS, hipBLASLt ("absent")
+    libraries: tuple[tuple[str, str], ...]
     format_version: int = CACHE_FORMAT_VERSION
 
+    def record(self) -> dict[str, object]:
+        """The key as its entry's key file holds it (JSON: tuples become lists)."""
+        recorded: dict[str, object] = json.loads(json.dumps(asdict(self)))
+        return recorded
+
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
+        return hashlib.sha256(json.dumps(self.record(), sort_keys=True).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,7 @@ class ProgramCache:
             recorded = json.loads(key_path.read_text())
         except (OSError, ValueError) as exc:
             return f"has an unreadable key file ({exc})"
-        if recorded != asdict(key):
+        if recorded != key.record():
             return "was built for another key (stale)"
         return None
 
@@ -154,7 +163,7 @@ class ProgramCache:
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(handle, "w") as file:
-                file.write(json.dumps(asdict(key), indent=1))
+                file.write(json.dumps(key.record(), indent=1))
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
