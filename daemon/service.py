@@ -156,6 +156,7 @@ class Daemon:
         report = self.engine.build_report
         if report is not None:
             self.metrics.program_cache.labels(outcome=report.cache).inc()
+            self.metrics.program_cache_bytes.set(report.cache_bytes)
             log.info("compiled program: cache %s, compile %.1fs", report.cache, report.compile_seconds)
 
         self._raise_if_stop_requested()

@@ -75,8 +75,12 @@ def test_trained_model_labels_every_frame_right(tmp_path: Path, daemon_process, 
     assert metrics[("nfnet_stream_engine_build_seconds", (("step", "build"),))] > 0
     model_info_labels = dict(next(key for key in metrics if key[0] == "nfnet_stream_model_info")[1])
     assert model_info_labels["engine"] == ("migraphx" if double else "onnxruntime")
+    cache_bytes = metrics[("nfnet_stream_engine_program_cache_bytes", ())]
     if double:
         assert metrics[("nfnet_stream_engine_program_cache_total", (("outcome", "miss"),))] == 1
+        assert cache_bytes == sum(path.stat().st_size for path in (tmp_path / "cache").iterdir()) > 0
+    else:
+        assert cache_bytes == 0
     assert "Traceback" not in daemon.stderr
 
 

@@ -50,6 +50,7 @@ class BuildReport:
 
     cache: str  # hit, miss, rebuilt or uncached
     compile_seconds: float
+    cache_bytes: int  # what the compiled-program cache takes after this build (entries evicted)
 
 
 class Engine(ABC):

@@ -11,6 +11,8 @@ from pydantic import Field
 from pipelines.config_base import StrictModel
 from pipelines.paths import ConfigPath
 
+DEFAULT_CACHE_MAX_BYTES = 8 << 30  # a few fp16 and fp32 NFNets (an F3's fp32 program is about 1 GiB)
+
 
 def default_cache_dir() -> Path:
     """systemd's ``CacheDirectory=`` (``$CACHE_DIRECTORY``), else the user's XDG cache."""
@@ -52,6 +54,12 @@ class MigraphxOptions(StrictModel):
         description="Compiled programs, keyed by the model's hash, batch, precision, target, the GPU (ISA with "
                     "features, compute units), the HIP runtime, the MIGraphX, MIOpen and rocBLAS library builds, and "
                     "the MIGRAPHX_* environment variables that change what is compiled.",
+    )
+    cache_max_bytes: int = Field(
+        DEFAULT_CACHE_MAX_BYTES, ge=0, le=1 << 50,
+        description="The most the compiled programs in cache_dir may take (each holds all the model's weights): "
+                    "beyond it the least recently used are removed at start-up, never the one in use "
+                    "(0 keeps only that one). Default 8 GiB.",
     )
     device: int = Field(0, ge=0, le=255, description="HIP device index.")
     hip_library: str = Field(

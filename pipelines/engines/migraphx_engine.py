@@ -131,7 +131,7 @@ class MigraphxEngine(Engine):
             return program
 
         try:
-            cache = ProgramCache(options.cache_dir).load_or_build(
+            cache = ProgramCache(options.cache_dir, options.cache_max_bytes).load_or_build(
                 key, load, lambda path: compile_in_child(request, path, hooks))
         except EngineError:
             raise
@@ -141,7 +141,7 @@ class MigraphxEngine(Engine):
             raise EngineError(f"MIGraphX cannot load the program compiled from {model_path}: {exc}") from exc
         self._program = cache.program
         self._cache_outcome = cache.outcome
-        self.build_report = BuildReport(cache.outcome, cache.compile_seconds)
+        self.build_report = BuildReport(cache.outcome, cache.compile_seconds, cache.cache_bytes)
         if self._gpu:
             assert self._hip is not None
             try:

@@ -5,6 +5,11 @@ digest hashes the key. The program is compiled into a temporary file beside the 
 place, then the key file is written the same way, so a crash never leaves an entry that looks complete.
 An entry that fails to load, or whose recorded key differs, is logged, removed and rebuilt; an unwritable
 directory means compiling into a temporary file every time, with a warning, never a crash.
+
+Each entry holds all the model's weights (hundreds of MB for an NFNet), and every new model, batch, precision,
+driver or MIGraphX update adds one: the cache is bounded (``max_bytes``). After each lookup the least recently
+used entries (by the program file's modification time, set to now on each hit) are removed until the entries
+fit, never the one just used; each removal is logged.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
@@ -26,6 +32,8 @@ P = TypeVar("P")
 Outcome = Literal["hit", "miss", "rebuilt", "uncached"]
 # Bump when what an entry holds, or what the key means, changes: older entries then miss and are rebuilt.
 CACHE_FORMAT_VERSION = 3
+_DIGEST_LENGTH = 32
+_DIGEST = re.compile(f"[0-9a-f]{{{_DIGEST_LENGTH}}}")  # an entry's file name, less .mxr or .json
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class CacheKey:
         return recorded
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.record(), sort_keys=True).encode()).hexdigest()[:32]
+        return hashlib.sha256(json.dumps(self.record(), sort_keys=True).encode()).hexdigest()[:_DIGEST_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,21 @@ class CacheResult(Generic[P]):
     outcome: Outcome
     compile_seconds: float  # 0 on a hit
     path: Path | None
+    cache_bytes: int  # what the cache's entries take after the lookup (and any eviction)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    digest: str
+    files: tuple[Path, ...]
+    size: int
+    last_used: float  # the latest modification time of its files (a hit sets the program file's)
 
 
 class ProgramCache:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
+        self.max_bytes = max_bytes
 
     def paths(self, key: CacheKey) -> tuple[Path, Path]:
         digest = key.digest()
@@ -81,7 +99,13 @@ class ProgramCache:
         """The program for ``key``: loaded from its entry, or compiled (``compile_to`` writes a program file
         at the path it is given) and loaded from there. ``load`` raises for a program that does not fit
         (a stale entry, then rebuilt); a freshly compiled program that fails to load raises to the caller.
+        The cache is then brought under its bound (:meth:`evict`), keeping the entry just used.
         """
+        result = self._load_or_build(key, load, compile_to)
+        return replace(result, cache_bytes=self.evict(keep=key.digest()))
+
+    def _load_or_build(self, key: CacheKey, load: Callable[[Path], P], compile_to: Callable[[Path], None]
+                       ) -> CacheResult[P]:
         program_path, key_path = self.paths(key)
         outcome: Outcome = "miss"
         if key_path.exists() or program_path.exists():
@@ -90,7 +114,8 @@ class ProgramCache:
                 try:
                     program = load(program_path)
                     log.info("compiled program cache hit: %s", program_path)
-                    return CacheResult(program, "hit", 0.0, program_path)
+                    self._mark_used(program_path)
+                    return CacheResult(program, "hit", 0.0, program_path, 0)
                 except Exception as exc:  # a corrupt or stale file can fail inside the loader in many ways
                     problem = f"cannot be loaded ({type(exc).__name__}: {exc})"
             log.warning("compiled program cache entry %s %s; rebuilding it", program_path, problem)
@@ -117,8 +142,8 @@ class ProgramCache:
         except OSError as exc:
             log.warning("cannot write %s (%s); the next start compiles again", key_path, exc)
             self._remove(program_path)
-            return CacheResult(program, "uncached", seconds, None)
-        return CacheResult(program, outcome, seconds, program_path)
+            return CacheResult(program, "uncached", seconds, None, 0)
+        return CacheResult(program, outcome, seconds, program_path, 0)
 
     def _build_uncached(self, load: Callable[[Path], P], compile_to: Callable[[Path], None]) -> CacheResult[P]:
         log.warning("cannot write the compiled program cache in %s; compiling into a temporary file (the next "
@@ -131,7 +156,7 @@ class ProgramCache:
             compile_to(temporary)
             seconds = time.perf_counter() - started
             log.info("compiled in %.1fs", seconds)
-            return CacheResult(load(temporary), "uncached", seconds, None)
+            return CacheResult(load(temporary), "uncached", seconds, None, 0)
         finally:
             temporary.unlink(missing_ok=True)
 
@@ -168,6 +193,55 @@ class ProgramCache:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+    def evict(self, keep: str) -> int:
+        """Remove the least recently used entries until the entries take at most ``max_bytes``, never the
+        entry whose digest is ``keep`` (the one in use, which alone may exceed the bound); the bytes left."""
+        entries = sorted(self._entries(), key=lambda entry: entry.last_used)
+        total = sum(entry.size for entry in entries)
+        for entry in entries:
+            if total <= self.max_bytes:
+                break
+            if entry.digest == keep:
+                continue
+            log.info("evicted compiled program %s (%d bytes, last used %s): the cache held %d bytes, over its "
+                     "bound of %d (engine.migraphx.cache_max_bytes)", entry.files[0], entry.size,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.last_used)), total, self.max_bytes)
+            self._remove(*entry.files)
+            total -= entry.size
+        if total > self.max_bytes:
+            log.warning("the compiled program in use alone takes %d bytes, more than the cache's bound of %d "
+                        "(engine.migraphx.cache_max_bytes); it is kept", total, self.max_bytes)
+        return total
+
+    def _entries(self) -> list[_Entry]:
+        """The entries in the directory, complete or not: files named as this cache names them (a digest and
+        .mxr or .json), so that nothing else kept there is ever removed; temporaries of compiles aside."""
+        files: dict[str, list[Path]] = {}
+        try:
+            for path in self.directory.iterdir():
+                if path.suffix in (".mxr", ".json") and _DIGEST.fullmatch(path.stem):
+                    files.setdefault(path.stem, []).append(path)
+        except OSError:  # no directory, or an unreadable one: nothing to count or evict
+            return []
+        return [entry for digest, paths in files.items() if (entry := self._entry(digest, paths)) is not None]
+
+    @staticmethod
+    def _entry(digest: str, paths: list[Path]) -> _Entry | None:
+        try:
+            stats = [path.stat() for path in paths]
+        except OSError:  # removed meanwhile (another daemon evicting)
+            return None
+        return _Entry(digest, tuple(sorted(paths, key=lambda path: path.suffix != ".mxr")),  # the program first
+                      sum(stat.st_size for stat in stats), max(stat.st_mtime for stat in stats))
+
+    @staticmethod
+    def _mark_used(path: Path) -> None:
+        """Eviction removes the least recently used entries first: a hit makes its entry the most recent."""
+        try:
+            os.utime(path)
+        except OSError as exc:
+            log.warning("cannot mark %s as used (%s); it may be evicted before older entries", path, exc)
 
     @staticmethod
     def _remove(*paths: Path) -> None:

@@ -187,6 +187,10 @@ class PipelineMetrics:
         self.program_cache = Counter(
             f"{PREFIX}_engine_program_cache", "MIGraphX compiled-program cache lookups at start-up, by outcome.",
             ["outcome"], registry=r)
+        self.program_cache_bytes = Gauge(
+            f"{PREFIX}_engine_program_cache_bytes", "Bytes the MIGraphX compiled-program cache's entries take after "
+            "start-up's lookup, once the least recently used beyond engine.migraphx.cache_max_bytes are evicted "
+            "(0 under ONNX Runtime).", registry=r)
 
     def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
         """Report ``depth()`` as the queue's depth at scrape time."""
