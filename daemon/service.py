@@ -45,6 +45,8 @@ HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 TICK_S = 0.1
 # During a stop, a stream whose thread has waited this long in a source's open() or read() is ended without it.
 STUCK_SOURCE_S = 1.0
+# At shutdown, how long the stages may take to stop, then to end once aborted.
+STAGE_STOP_S = 5.0
 
 
 class DaemonFailure(RuntimeError):
@@ -227,27 +229,43 @@ class Daemon:
             self._reload_job.cancel()
             self._reload_job.join(timeout=5.0)
             log.warning("SIGHUP: configuration not reloaded: the daemon stopped while it was being prepared")
-        if self.pipeline is not None:
-            self.pipeline.stop(failure)
-            still_running = self.pipeline.join(timeout_s=5.0)
-            if still_running:
-                self.pipeline.abort()
-                still_running = self.pipeline.join(timeout_s=5.0)
-            if still_running:
-                log.error("stages did not stop: %s", ", ".join(still_running))
-            if failure:
-                self.pipeline.announce_unended(f"the daemon failed: {failure}; the frames of this stream it had "
-                                               "read and not published are lost")
+        still_running = self._stop_pipeline(failure)
         for source in self.sources:
             if source.stream_id not in self._abandoned:  # a thread may still be inside it
                 source.close()
         for publisher in self.publishers:
             publisher.close()
-        if self.engine is not None:
-            self.engine.close()
+        self._close_engine(still_running)
         if self.http is not None:
             self.http.close()
         self.systemd.close()
+
+    def _stop_pipeline(self, failure: str) -> list[str]:
+        """Stop the stages (abort those that do not stop within ``STAGE_STOP_S``); the stages still running."""
+        if self.pipeline is None:
+            return []
+        self.pipeline.stop(failure)
+        still_running = self.pipeline.join(timeout_s=STAGE_STOP_S)
+        if still_running:
+            self.pipeline.abort()
+            still_running = self.pipeline.join(timeout_s=STAGE_STOP_S)
+        if failure:
+            self.pipeline.announce_unended(f"the daemon failed: {failure}; the frames of this stream it had "
+                                           "read and not published are lost")
+        return still_running
+
+    def _close_engine(self, still_running: list[str]) -> None:
+        """Free the engine once no stage uses it. A stage still running (stuck in a call to a hung GPU) may be
+        inside the engine: waiting on its events, reading or filling its pinned buffers. Freeing them under it
+        crashes the process (a segfault on a ROCm box), or blocks for ever in a wait for the hung GPU; so the
+        engine is left to the process's exit."""
+        if self.engine is None:
+            return
+        if still_running:
+            log.warning("stages still running after the stop: %s; the engine is not closed: its memory is left "
+                        "to the process's exit", ", ".join(still_running))
+            return
+        self.engine.close()
 
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """What a signal does: record it for the main loop (no locks: safe in a handler, any thread)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import signal
 import subprocess
 import sys
 import threading
@@ -335,6 +336,56 @@ def test_leaks_list_what_was_not_released(hip: Hip) -> None:
     assert hip.lib.hipStreamDestroy(stream) == 0 and hip.lib.hipEventDestroy(event) == 0
     assert not DEVICE.leaks()
     assert hip.lib.hipEventDestroy(event) == HipError.hipErrorInvalidHandle
+
+
+READ_AFTER_HOST_FREE = """
+from ctypes import POINTER, c_float, c_size_t, c_uint, c_void_p, pointer
+import numpy as np
+from tests.doubles.hip_runtime import library as hip
+hip.hipHostMalloc.argtypes, hip.hipHostFree.argtypes = [POINTER(c_void_p), c_size_t, c_uint], [c_void_p]
+address = c_void_p()
+assert hip.hipHostMalloc(pointer(address), 64, 0) == 0
+view = np.ctypeslib.as_array((c_float * 16).from_address(address.value))
+view[:] = 1.0
+print("readable", view.sum(), flush=True)
+assert hip.hipHostFree(address) == 0
+print("freed", flush=True)
+print(view.sum(), flush=True)
+"""
+
+
+def test_pinned_memory_freed_under_a_view_is_unreadable() -> None:
+    """As on ROCm: hipHostFree unmaps the memory, and a numpy array still viewing it segfaults when read
+    (before, the double kept freed pinned memory readable, so a use after free went unseen)."""
+    result = subprocess.run([sys.executable, "-c", READ_AFTER_HOST_FREE], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.split() == ["readable", "16.0", "freed"], result.stderr
+    assert result.returncode == -signal.SIGSEGV, result.stderr
+
+
+def test_freed_pinned_addresses_are_never_handed_out_again(hip: Hip) -> None:
+    freed = hip.host_malloc(1 << 16)
+    assert hip.lib.hipHostFree(freed) == 0
+    assert all(hip.host_malloc(1 << 16) != freed for _ in range(8))
+    assert hip.lib.hipMemcpyAsync(hip.malloc(64), freed, 64, H2D, hip.stream()) == HipError.hipErrorInvalidValue
+
+
+def test_destroying_an_event_another_thread_waits_on_fails_loudly(hip: Hip) -> None:
+    """ROCm frees the event under the waiting thread (a crash); the double refuses and records it."""
+    DEVICE.reset(op_delay_s=1.0)
+    device, pinned, stream = hip.malloc(16), hip.host_malloc(16), hip.stream()
+    event = hip.out("hipEventCreateWithFlags", hip_runtime.HIP_EVENT_BLOCKING_SYNC)
+    hip.copy(device, pinned, 16, H2D, stream)
+    assert hip.lib.hipEventRecord(event, stream) == 0
+    codes: list[int] = []
+    waiter = threading.Thread(target=lambda: codes.append(hip.lib.hipEventSynchronize(event)))
+    waiter.start()
+    time.sleep(0.2)  # the copy takes 1 s: the waiter is inside hipEventSynchronize
+    assert hip.lib.hipEventDestroy(event) == HipError.hipErrorInvalidHandle
+    assert len(DEVICE.violations) == 1 and "while 1 host thread(s) wait on it" in DEVICE.violations[0]
+    waiter.join()
+    assert codes == [0], "the waiter is not harmed"
+    assert hip.lib.hipEventDestroy(event) == 0  # once nobody waits
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -212,6 +212,32 @@ def test_sigterm_during_a_long_warm_up_stops_without_starting(tmp_path: Path, da
     assert subscriber.messages == [], "nothing started, nothing published"
 
 
+def test_a_stop_with_an_inference_stuck_on_a_hung_gpu_leaves_the_engine_to_the_exit(tmp_path: Path,
+                                                                                     daemon_process) -> None:
+    """Each copy and kernel takes 10 minutes on the slowed MIGraphX double, as on a hung GPU: the collect stage
+    waits in hipEventSynchronize for a batch that does not come back. The drain is cut short (exit 1);
+    the engine must not be freed under that stage. Before, shutdown closed it all the same: engine.close()
+    waited for the hung GPU (the daemon did not exit), and had the GPU come back, it would have destroyed the
+    events the stage waits on and freed the pinned memory the stage reads next."""
+    zmq_port, port = free_port(), free_port()
+    engine = migraphx_double_engine(tmp_path / "cache").replace('type = "migraphx"',
+                                                                'type = "migraphx"\nwarmup_runs = 0')
+    config = daemon_config(SHAPES_MODEL, file_source("cam", tmp_path / "cam.mp4", 8), zmq_port, port, True,
+                           engine=engine).replace("[pipeline]\n", "[pipeline]\ndrain_timeout_s = 0.5\n")
+    with closing(Subscriber(f"tcp://127.0.0.1:{zmq_port}")):
+        daemon = daemon_process(config, env={**DOUBLES_ENV, "HIP_DOUBLE_OP_DELAY_S": "600"}).start()
+        daemon.wait_for_log("ready:")
+        time.sleep(1.0)  # the first batch is submitted (the drain would submit it too)
+        sent = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(45) == 1, daemon.stderr  # before: still in engine.close() (waiting for the GPU)
+    assert time.monotonic() - sent < 30, "the drain (0.5 s), then the stages' stop and abort (5 s each)"
+    (warning,) = [line for line in daemon.stderr.splitlines() if "stages still running after the stop" in line]
+    assert "inference-collect" in warning and "its memory is left to the process's exit" in warning
+    assert "drain took longer than pipeline.drain_timeout_s" in daemon.stderr
+    assert "Traceback" not in daemon.stderr
+
+
 def test_a_stop_does_not_wait_for_a_source_that_never_answers(tmp_path: Path, daemon_process) -> None:
     """A camera that accepts the connection and then says nothing holds OpenCV's open() for open_timeout_s."""
     silent = socket.socket()

@@ -13,7 +13,11 @@ What it models:
   in a host buffer behind each allocation. New allocations are filled with 0xFF (NaN as float32),
   because real ``hipMalloc`` memory is uninitialised, and freed addresses are never reused, so a stale
   pointer is always caught.
-- **Pinned host memory** is ordinary host memory (a ctypes buffer) that the device tracks.
+- **Pinned host memory** is host memory of its own mapping (an anonymous ``mmap``, page-aligned as
+  ``hipHostMalloc``'s is) that the device tracks. ``hipHostFree`` unmaps it as ROCm does: its pages are
+  replaced by a ``PROT_NONE`` reservation, so a numpy array that still views it segfaults when read or
+  written (as on a real box), and the addresses are never handed out again (a stale pointer is never
+  silently valid).
 - **Streams** each run a worker thread executing operations in FIFO order, so work really is
   asynchronous. ``op_delay_s`` makes every copy and kernel take at least that long.
 - **Marks** (a stream position plus a vector clock) record what is ordered before what: stream order,
@@ -22,6 +26,9 @@ What it models:
 - **Data races** on device memory: every copy and kernel declares what it reads and writes, and one
   that touches memory an earlier unordered operation on another stream writes (or, for a write, reads)
   raises :class:`DataRace` when it is queued. ★ Stricter than a GPU, which silently corrupts the data.
+- ★ **Events destroyed under a waiter**: ``hipEventDestroy`` of an event that another host thread is
+  waiting on in ``hipEventSynchronize`` is refused (``hipErrorInvalidHandle``) and recorded in
+  ``violations``; ROCm frees the event under the waiting thread (a use after free, a crash).
 - **Faults** raised by operations on a worker (an illegal address, a failed kernel) are sticky, as on a
   GPU: every later HIP call returns the fault's code.
 - **The devices' identity** (``hipGetDevicePropertiesR0600``, ``hipRuntimeGetVersion``): an ISA name
@@ -46,7 +53,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 
 _RESERVED_BYTES = 1 << 36  # 64 GiB of address space; nothing is committed (MAP_NORESERVE, PROT_NONE)
@@ -54,6 +62,9 @@ _DEVICE_ALIGNMENT = 256  # hipMalloc returns at least 256-byte aligned pointers
 _HANDLE_STRIDE = 64
 _UNINITIALISED = 0xFF
 _JOIN_TIMEOUT_S = 10.0
+_PROT_NONE = 0
+_MAP_NORESERVE = 0x4000  # Linux values; the mmap module exports neither
+_MAP_FIXED = 0x10
 
 
 class HipError(enum.IntEnum):
@@ -160,7 +171,7 @@ class Allocation:
     size: int
     kind: MemoryKind
     owner: str  # "hip" for the caller's allocations, "migraphx" for the migraphx double's own
-    backing: ctypes.Array  # the bytes (for pinned memory, the memory itself)
+    backing: ctypes.Array  # the bytes (for pinned memory, a view of its mapping)
     accesses: list[Access] = field(default_factory=list)  # device memory: operations that may still run
 
 
@@ -263,6 +274,7 @@ class Event:
     flags: int
     owner: str
     mark: Mark | None = None  # the last hipEventRecord; None if never recorded
+    waiters: int = 0  # host threads inside hipEventSynchronize on it
 
 
 @dataclass(frozen=True)
@@ -290,16 +302,35 @@ class Leaks:
         return bool(self.device_allocations or self.pinned_allocations or self.streams or self.events)
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mmap.restype = ctypes.c_void_p
+_LIBC.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+
+
+def _map(size: int, prot: int, flags: int = 0, at: int | None = None) -> int:
+    """An anonymous private mapping of ``size`` bytes (at ``at`` exactly, replacing what is there, if given)."""
+    flags |= mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (_MAP_FIXED if at is not None else 0)
+    address = _LIBC.mmap(at, size, prot, flags, -1, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), f"mmap of {size} bytes for the simulated device failed")
+    return address
+
+
 def _reserve_address_space(size: int) -> int:
     """Reserve ``size`` bytes of address space that no allocation can get and the host cannot touch."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-    prot_none, map_noreserve = 0, 0x4000  # Linux values; the mmap module exports neither
-    address = libc.mmap(None, size, prot_none, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | map_noreserve, -1, 0)
-    if address in (None, ctypes.c_void_p(-1).value):
-        raise OSError(ctypes.get_errno(), "could not reserve address space for the simulated device")
-    return address
+    return _map(size, _PROT_NONE, _MAP_NORESERVE)
+
+
+def _map_pinned(size: int) -> int:
+    """Readable, writable host memory of its own mapping, as ``hipHostMalloc`` gives (page-aligned)."""
+    return _map(size, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def _unmap_pinned(allocation: Allocation) -> None:
+    """What ``hipHostFree`` does to the host: the pages are gone, and touching them segfaults. A
+    ``PROT_NONE`` reservation takes their place (releasing the memory) so that no later mapping reuses the
+    addresses: a view of freed pinned memory must crash, never read someone else's bytes."""
+    _map(allocation.size, _PROT_NONE, _MAP_NORESERVE, at=allocation.address)
 
 
 class SimulatedDevice:
@@ -312,8 +343,8 @@ class SimulatedDevice:
         self._allocations: dict[int, Allocation] = {}
         self._streams: dict[int, Stream] = {}
         self._retired: list[Stream] = []  # destroyed, possibly still finishing queued work
-        # Freed pinned memory stays allocated (so the host cannot reuse the addresses) but invalid, so
-        # that a use after hipHostFree is caught instead of reading freed memory.
+        # Freed pinned memory: unmapped (its addresses reserved, never reused), and known here so that a
+        # HIP call given such an address fails instead of taking it for pageable memory.
         self._freed_pinned: list[Allocation] = []
         self._events: dict[int, Event] = {}
         self._host_clock: dict[int, int] = {}
@@ -321,6 +352,7 @@ class SimulatedDevice:
         self.faults: list[DeviceFault] = []
         self.pageable_copies = 0
         self.event_waits: list[EventWait] = []  # every hipEventSynchronize of a recorded event, in order
+        self.violations: list[str] = []  # ★ uses after free the double refused (an event destroyed under a waiter)
         self.settings = DeviceSettings.from_environment()
 
     @property
@@ -341,7 +373,8 @@ class SimulatedDevice:
         """Drain and drop every stream, event, allocation and fault, then apply ``DeviceSettings(**settings)``
         (here and, through ``os.environ``, in child processes started from now on).
 
-        Objects made before a reset (migraphx programs included) are unusable after it.
+        Objects made before a reset (migraphx programs included) are unusable after it; pinned memory still
+        allocated is unmapped, as freed memory is.
         """
         if isinstance(settings.get("arch"), str):
             settings["arch"] = (settings["arch"],)
@@ -356,12 +389,16 @@ class SimulatedDevice:
             stream.join(_JOIN_TIMEOUT_S)
         with self._lock:
             self._events.clear()
+            for allocation in self._allocations.values():
+                if allocation.kind is MemoryKind.PINNED:
+                    _unmap_pinned(allocation)
             self._allocations.clear()
             self._freed_pinned.clear()
             self._host_clock.clear()
             self.faults.clear()
             self.pageable_copies = 0
             self.event_waits.clear()
+            self.violations.clear()
             self.settings = new_settings
             self._threads = threading.local()
         new_settings.export()
@@ -414,12 +451,13 @@ class SimulatedDevice:
             limit = self.device_memory_bytes
             if kind is MemoryKind.DEVICE and limit is not None and self.device_bytes_in_use + size > limit:
                 raise OutOfDeviceMemory(f"{size} bytes requested, {limit - self.device_bytes_in_use} free")
-            backing = (ctypes.c_char * size)()
-            ctypes.memset(backing, _UNINITIALISED, size)
             if kind is MemoryKind.DEVICE:
+                backing = (ctypes.c_char * size)()
                 address = self._take_addresses(size, _DEVICE_ALIGNMENT)
             else:
-                address = ctypes.addressof(backing)
+                address = _map_pinned(size)
+                backing = (ctypes.c_char * size).from_address(address)
+            ctypes.memset(backing, _UNINITIALISED, size)
             self._allocations[address] = Allocation(address, size, kind, owner, backing)
             return address
 
@@ -431,6 +469,7 @@ class SimulatedDevice:
                 return False
             del self._allocations[address]
             if kind is MemoryKind.PINNED:
+                _unmap_pinned(allocation)
                 self._freed_pinned.append(allocation)
             return True
 
@@ -499,8 +538,26 @@ class SimulatedDevice:
             return self._events.get(handle)
 
     def destroy_event(self, handle: int) -> bool:
+        """Forget the event; False if there is none. ★ Refused (False, and recorded in ``violations``) while a
+        host thread waits on it: ROCm would free the event under that thread."""
         with self._lock:
+            event = self._events.get(handle)
+            if event is not None and event.waiters:
+                self.violations.append(f"hipEventDestroy of event {handle:#x} while {event.waiters} host "
+                                       "thread(s) wait on it in hipEventSynchronize (a use after free)")
+                return False
             return self._events.pop(handle, None) is not None
+
+    @contextmanager
+    def waiting_on(self, event: Event) -> Iterator[None]:
+        """A host thread waits on ``event`` meanwhile (see :meth:`destroy_event`)."""
+        with self._lock:
+            event.waiters += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                event.waiters -= 1
 
     # -- work and ordering ------------------------------------------------------------------------------
 

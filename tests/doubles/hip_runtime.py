@@ -33,6 +33,7 @@ from typing import Any
 try:  # one device per process, whichever way the doubles were imported (see device.py)
     from tests.doubles.device import (
         DEVICE,
+        Event,
         EventWait,
         HipError,
         Mark,
@@ -44,6 +45,7 @@ try:  # one device per process, whichever way the doubles were imported (see dev
 except ImportError:
     from device import (  # type: ignore[no-redef]
         DEVICE,
+        Event,
         EventWait,
         HipError,
         Mark,
@@ -418,14 +420,20 @@ class _HipRuntime:
         if event is None:
             return HipError.hipErrorInvalidHandle
         if event.mark is not None:
-            if event.flags & HIP_EVENT_BLOCKING_SYNC:
-                wait = EventWait(event_handle, blocking_sync=True, pending=not self.device.query(event.mark), spins=0)
-            else:
-                spins = self._spin(event.mark)
-                wait = EventWait(event_handle, blocking_sync=False, pending=spins > 0, spins=spins)
-            self.device.wait(event.mark)
-            self.device.note_event_wait(wait)
+            with self.device.waiting_on(event):
+                self.device.note_event_wait(self._wait(event))
         return self.device.sticky_error
+
+    def _wait(self, event: Event) -> EventWait:
+        """Wait for ``event``'s recorded work, sleeping or spinning as its flags say; how it waited."""
+        assert event.mark is not None
+        if event.flags & HIP_EVENT_BLOCKING_SYNC:
+            wait = EventWait(event.handle, blocking_sync=True, pending=not self.device.query(event.mark), spins=0)
+        else:
+            spins = self._spin(event.mark)
+            wait = EventWait(event.handle, blocking_sync=False, pending=spins > 0, spins=spins)
+        self.device.wait(event.mark)
+        return wait
 
     def _spin(self, mark: Mark) -> int:
         """Busy-wait until ``mark`` is reached; the number of turns (0: it already was)."""
@@ -444,6 +452,8 @@ class _HipRuntime:
             return HipError.hipErrorNotReady
         return self.device.sticky_error
 
+    # hipEventDestroy: an invalid handle is hipErrorInvalidHandle. ★ So is an event another host thread is
+    # waiting on in hipEventSynchronize (recorded in DEVICE.violations): ROCm frees it under the waiter.
     def hipEventDestroy(self, event_handle: int) -> int:
         ok = self.device.destroy_event(event_handle)
         return HipError.hipSuccess if ok else HipError.hipErrorInvalidHandle
