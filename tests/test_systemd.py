@@ -644,6 +644,37 @@ def test_watchdog_restarts_a_hung_engine(service_box: ServiceBox) -> None:
     assert "Fatal Python error: Aborted" in log and "most recent call first" in log, log
 
 
+def test_a_compile_longer_than_the_start_timeout_completes_without_a_restart(service_box: ServiceBox) -> None:
+    """Issue 20, point 2: a first compile (the MIGraphX double's, slowed to 15 s) outlasts TimeoutStartSec (6 s
+    here): systemd neither kills nor restarts it, `systemctl status` shows its progress, and it becomes ready."""
+    box = service_box
+    timeout_s, compile_s = 6, 15
+    box.reset()
+    box.run("rm -rf /var/cache/nfnet-stream/*")  # no compiled program: a first compile
+    box.drop_in(f"TimeoutStartSec={timeout_s}s")
+    box.run(f"cat >> {ENV_FILE}", input=f"MIGRAPHX_DOUBLE_COMPILE_S={compile_s}\n")
+    compiling = re.compile(r"compiling shapes_nfnet\.onnx for MIGraphX gpu \(process \d+\): (\d+)s")
+
+    def compiling_for(status: str) -> int:
+        match = compiling.fullmatch(status)
+        return int(match.group(1)) if match else -1
+    try:
+        mark = box.cursor()
+        box.run(f"systemctl start --no-block {SERVICE}")
+        box.wait_for(lambda: compiling_for(box.show("StatusText")["StatusText"]) > timeout_s, 60,
+                     "a compile past TimeoutStartSec", mark)
+        status = box.run(f"systemctl status {SERVICE}", check=False).stdout
+        assert re.search(r"Active: activating \(start\).*\n(.*\n)*.*Status: \"compiling shapes_nfnet", status), status
+        box.wait_for(lambda: box.show("ActiveState")["ActiveState"] != "activating", 60, "the end of the start", mark)
+        state = box.show("ActiveState", "SubState", "NRestarts")
+        log = box.journal(mark)
+    finally:
+        box.reset()
+    assert state == {"ActiveState": "active", "SubState": "running", "NRestarts": "0"}, log
+    assert "timed out" not in log and "Scheduled restart job" not in log, log
+    assert "ready: 1 stream(s)" in log and re.search(r"compiled program: cache miss, compile 1\d\.\ds", log), log
+
+
 def test_security_exposure_under_systemd(service_box: ServiceBox) -> None:
     analysis = service_box.run(f"systemd-analyze security --no-pager {SERVICE}.service").stdout
     assert exposure(analysis) < EXPOSURE_LIMIT, analysis
