@@ -12,8 +12,8 @@ from daemon.config import ConfigError, DaemonConfig, load_config
 from daemon.http import HttpEndpointError
 from daemon.logs import configure_logging
 from daemon.service import Daemon, DaemonFailure
-from pipelines.engines import EngineError
-from pipelines.model_info import ModelMetadataError
+from pipelines.engines import EngineError, precompile
+from pipelines.model_info import ModelMetadataError, read_model_info
 from pipelines.publishers import PublisherError
 from pipelines.redact import mask_credentials
 from pipelines.sources import SourceError
@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration, open the model and the files, probe the engine choice, "
                              "print a summary and exit (0: all good)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="compile the model for MIGraphX into engine.migraphx.cache_dir (the program cache) and "
+                             "exit, printing where the program is kept (0: compiled or already there, 3: failed): "
+                             "compile once per GPU model and ship the cache")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="override logging.level from the configuration (also at a SIGHUP reload)")
     return parser.parse_args(argv)
@@ -59,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.check_config:
             print("\n".join(check_config(config, Path(args.config))))
             return 0
+        if args.compile_only:
+            print(compile_only(config))
+            return 0
         return Daemon(config, reload=read_config).run()
     except (ModelMetadataError, EngineError, SourceError, PublisherError, HttpEndpointError) as exc:
         return _fail(exc, EXIT_STARTUP)
@@ -70,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         return _fail(f"internal error: {type(exc).__name__}: {exc} (the traceback is logged at --log-level debug)",
                      EXIT_FAILURE)
+
+
+def compile_only(config: DaemonConfig) -> str:
+    """``--compile-only``: fill the program cache; what to tell the person who asked."""
+    report = precompile(config.engine, config.model.path, read_model_info(config.model.path))
+    if report is None:
+        return (f"nothing to compile: the engine here is ONNX Runtime (engine.type = {config.engine.type!r}); "
+                "only MIGraphX keeps compiled programs")
+    done = "already compiled" if report.cache == "hit" else f"compiled in {report.compile_seconds:.1f}s"
+    return f"{config.model.path}: {done}; the program is kept in {report.program_path}"
 
 
 def _fail(error: object, code: int) -> int:

@@ -51,7 +51,9 @@ STAGE_STOP_S = 5.0
 
 class DaemonFailure(RuntimeError):
     """The daemon could not do its job once running (a stage failed, a drain was cut short); one line."""
-STARTUP_STATUS_EVERY_S = 5.0  # systemd status lines during a long start-up step (a compile)
+# systemd status lines (each asking for more time to start) during a long start-up step (a compile): well
+# within the extension each asks for (systemd_reporter.START_EXTENSION_S).
+STARTUP_STATUS_EVERY_S = 5.0
 
 
 def open_sources(configs: list[SourceConfig], cfg: DaemonConfig) -> list[Source]:
@@ -286,7 +288,7 @@ class Daemon:
         log.info("waiting up to %.0fs for %d subscriber(s)", self.config.publish.zmq.wait_timeout_s, wanted)
         self._startup_step(f"waiting for {wanted} subscriber(s)")
         got = zmq_publishers[0].wait_for_subscribers(wanted, self.config.publish.zmq.wait_timeout_s,
-                                                     cancelled=self._stop_requested)
+                                                     cancelled=self._stop_requested_during_startup)
         if got < wanted and not self._stop_requested():
             log.warning("only %d of %d subscriber(s) arrived; starting anyway", got, wanted)
 
@@ -294,15 +296,16 @@ class Daemon:
         return any(signum in STOP_SIGNALS for signum in self._signals)
 
     def _startup_step(self, text: str) -> None:
-        """A new start-up step: for /readyz, and as systemd's status line."""
+        """A new start-up step: for /readyz, and as systemd's status line (asking for more time to start)."""
         self.startup_progress.step(text)
-        self.systemd.status(text)
+        self.systemd.starting(text)
         self._next_startup_status = time.monotonic() + STARTUP_STATUS_EVERY_S
 
     def _stop_requested_during_startup(self) -> bool:
-        """Polled while a long step (a compile) runs: refresh systemd's status with the elapsed time."""
+        """Polled while a long step (a compile, a wait for subscribers) runs: refresh systemd's status with the
+        elapsed time, and its start timeout with it."""
         if time.monotonic() >= self._next_startup_status:
-            self.systemd.status(self.startup_progress.status_line())
+            self.systemd.starting(self.startup_progress.status_line())
             self._next_startup_status = time.monotonic() + STARTUP_STATUS_EVERY_S
         return self._stop_requested()
 

@@ -1,6 +1,13 @@
 """What the daemon tells systemd: its phase as ``STATUS=`` (what ``systemctl status`` shows), ``READY=1``
 once it classifies, ``STOPPING=1``, and watchdog pings.
 
+While it starts, each status also asks for more time (``EXTEND_TIMEOUT_USEC=``, sd_notify(3)): a first
+MIGraphX compile can outlast ``TimeoutStartSec=``, and systemd would kill it and, with
+``Restart=on-failure``, start it again from zero, for ever. The extension is re-sent every few seconds
+while a step runs (see ``Daemon._stop_requested_during_startup``), so a start that stops making those
+calls (a hung daemon) still times out, ``START_EXTENSION_S`` after its last word once past
+``TimeoutStartSec=``.
+
 Pings go out every half watchdog interval, from the daemon's main loop, only while the engine makes
 progress or has nothing to do (streams ended, sources reconnecting or quiet). When the engine has held a
 batch for longer than the interval without finishing one, the pings stop, so systemd kills and restarts
@@ -20,6 +27,10 @@ from pipelines.runtime.stream_state import STATES
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 1.0  # at most one running-status update a second
+# How much more time each start-up status asks for. Longer than the steps that cannot speak meanwhile:
+# MIGraphX's load() of a compiled program holds the GIL (no thread of the daemon runs) for seconds to a
+# minute for a large NFNet, and so does a warm-up run on a slow GPU.
+START_EXTENSION_S = 180.0
 
 
 def describe(pipeline: Pipeline, draining: bool) -> str:
@@ -42,8 +53,9 @@ class SystemdReporter:
         self._last_status = ""
         self._stalled = False
 
-    def status(self, text: str) -> None:
-        self._notifier.status(text)
+    def starting(self, text: str) -> None:
+        """A start-up status, with a request for ``START_EXTENSION_S`` more seconds to become ready."""
+        self._notifier.status(text, f"EXTEND_TIMEOUT_USEC={int(START_EXTENSION_S * 1e6)}")
 
     def ready(self, pipeline: Pipeline) -> None:
         """The daemon classifies: from now on :meth:`tick` reports on ``pipeline`` and pings the watchdog."""

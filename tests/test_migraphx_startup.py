@@ -1,18 +1,22 @@
 """A real daemon process while MIGraphX compiles (the test double, holding the GIL as the real bindings do):
 the health endpoints answer, SIGTERM stops the compile and the daemon at once, and a compile process that
-crashes or is killed is a clear start-up error naming what it printed."""
+crashes or is killed is a clear start-up error naming what it printed. ``--compile-only`` fills the program
+cache ahead of time, and MIGraphX's tuning problem cache is kept with the programs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHAPES_MODEL, DaemonProcess, daemon_config, free_port
+from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
 from tests.source_tables import file_source
 from tests.subscriber import get, poll
@@ -89,3 +93,73 @@ def test_a_compile_process_that_dies_is_a_start_up_error(tmp_path: Path, daemon_
     (error,) = [line for line in daemon.stderr.splitlines() if line.startswith("nfnet-daemon: error:")]
     assert re.search(expected, error), error
     assert "Traceback" not in daemon.stderr
+
+
+# -- nfnet-daemon --compile-only, and the tuning problem cache --------------------------------------------
+
+def compile_only(tmp_path: Path, engine: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """``nfnet-daemon --compile-only`` on the MIGraphX double (cache in tmp_path/cache), or on ``engine``."""
+    config = tmp_path / "daemon.toml"
+    config.write_text(daemon_config(SHAPES_MODEL, {"cam": tmp_path / "cam.mp4"}, free_port(), free_port(),
+                                    exit_when_done=True, engine=engine or migraphx_double_engine(tmp_path / "cache")))
+    return subprocess.run([sys.executable, "-m", "daemon", "--config", str(config), "--compile-only"], cwd=REPO,
+                          env={**os.environ, **DOUBLES_ENV, **env}, capture_output=True, text=True, timeout=120)
+
+
+def test_compile_only_fills_the_program_cache_that_the_next_run_loads(tmp_path: Path) -> None:
+    first = compile_only(tmp_path)
+    assert first.returncode == 0, first.stderr
+    kept = re.fullmatch(r".*shapes_nfnet\.onnx: compiled in [\d.]+s; the program is kept in (\S+\.mxr)\n",
+                        first.stdout)
+    assert kept and Path(kept.group(1)).parent == tmp_path / "cache", first.stdout
+    assert Path(kept.group(1)).is_file()
+    again = compile_only(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.endswith(f": already compiled; the program is kept in {kept.group(1)}\n"), again.stdout
+    assert "compiling" not in again.stderr and "compiled program cache hit" in again.stderr
+
+
+def test_compile_only_that_fails_exits_3(tmp_path: Path) -> None:
+    result = compile_only(tmp_path, MIGRAPHX_DOUBLE_COMPILE_CRASH="compile_ops.cpp:42: Assertion `ins' failed.")
+    assert result.returncode == 3 and result.stdout == "", result
+    assert re.search(r"^nfnet-daemon: error: MIGraphX's compile process \d+ .* killed by SIGABRT; it printed: "
+                     r"compile_ops\.cpp:42", result.stderr, re.M), result.stderr
+    assert not list((tmp_path / "cache").glob("*.mxr"))
+
+
+def test_compile_only_says_onnx_runtime_has_nothing_to_compile(tmp_path: Path) -> None:
+    result = compile_only(tmp_path, engine='type = "onnxruntime"')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("nothing to compile: the engine here is ONNX Runtime"), result.stdout
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_tuning_problem_cache_is_kept_with_the_programs(tmp_path: Path) -> None:
+    """MIGraphX writes its tuning results to MIGRAPHX_PROBLEM_CACHE when a compile finishes and reads them at
+    the next one: a compile cut short, then started again, does not tune from zero. One file per GPU model."""
+    result = compile_only(tmp_path)
+    assert result.returncode == 0, result.stderr
+    (problems,) = (tmp_path / "cache" / "tuning").iterdir()
+    assert problems.name == "gfx90a_sramecc+_xnack--104cu.json"
+    assert json.loads(problems.read_text()), "the double's compile wrote its tuning"
+
+
+def test_a_problem_cache_of_the_users_own_is_kept(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.json"
+    result = compile_only(tmp_path, MIGRAPHX_PROBLEM_CACHE=str(mine))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(mine.read_text()) and not (tmp_path / "cache" / "tuning").exists()
+
+
+def test_a_problem_cache_cut_short_by_a_power_cut_is_dropped(tmp_path: Path) -> None:
+    """MIGraphX writes the file in place: half a file would fail every later compile (the double throws as
+    MIGraphX's JSON parser does), so it is removed first and tuning starts afresh."""
+    assert compile_only(tmp_path).returncode == 0
+    (problems,) = (tmp_path / "cache" / "tuning").iterdir()
+    problems.write_text(problems.read_text()[:5])
+    for program in (tmp_path / "cache").glob("*.mxr"):
+        program.unlink()  # so that it compiles again
+    result = compile_only(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "removing the MIGraphX problem cache" in result.stderr and json.loads(problems.read_text())
+

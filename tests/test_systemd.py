@@ -134,6 +134,7 @@ class NotifySocket:
         self._socket.bind("\0" + name[1:] if name.startswith("@") else name)
         self._socket.settimeout(0.1)
         self._lines: list[tuple[float, str]] = []
+        self._datagrams: list[tuple[float, list[str]]] = []
         self._arrived = threading.Condition()
         self._closed = threading.Event()
         self._reader = threading.Thread(target=self._read, name="notify-socket", daemon=True)
@@ -151,6 +152,11 @@ class NotifySocket:
     def lines(self) -> list[tuple[float, str]]:
         with self._arrived:
             return list(self._lines)
+
+    def datagrams(self, containing: str) -> list[tuple[float, list[str]]]:
+        """The messages (one datagram each: its arrival, its lines) with a line that starts with ``containing``."""
+        with self._arrived:
+            return [(t, lines) for t, lines in self._datagrams if any(line.startswith(containing) for line in lines)]
 
     def times(self, line: str) -> list[float]:
         return [t for t, received in self.lines if received == line]
@@ -171,8 +177,10 @@ class NotifySocket:
             except TimeoutError:
                 continue
             arrived = time.monotonic()
+            lines = datagram.decode().split("\n")
             with self._arrived:
-                self._lines.extend((arrived, line) for line in datagram.decode().split("\n"))
+                self._lines.extend((arrived, line) for line in lines)
+                self._datagrams.append((arrived, lines))
                 self._arrived.notify_all()
 
 
@@ -285,6 +293,43 @@ def test_watchdog_pings_go_on_while_a_source_reconnects(tmp_path: Path, colour_m
     pings = [t for t in notify_socket.times("WATCHDOG=1") if t > reconnecting_at]
     assert largest_gap([reconnecting_at, *pings]) < watchdog_s, notify_socket.lines
     assert STALL_LOG not in daemon.stderr
+
+
+def test_start_up_asks_for_more_time_while_it_compiles(tmp_path: Path, notify_socket: NotifySocket,
+                                                        daemon_process) -> None:
+    """Issue 20, point 2: a first compile longer than TimeoutStartSec= must not be killed (and restarted from
+    zero, for ever). While it compiles (the MIGraphX double, slowed), the daemon keeps asking for more time
+    (EXTEND_TIMEOUT_USEC=, sd_notify(3)), each time with its progress as STATUS=, more often than the time it
+    asks for runs out; once ready, it asks no more."""
+    compile_s = 11.0
+    video = write_video(tmp_path / "cam.mp4", solid_frames([(30, 30, 220)] * 8))
+    zmq_port, metrics_port = free_port(), free_port()
+    config = daemon_config(REPO / "tests" / "assets" / "shapes_nfnet.onnx", {"cam": video}, zmq_port, metrics_port,
+                           exit_when_done=False, engine=migraphx_double_engine(tmp_path / "cache"))
+    subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
+    env = {**DOUBLES_ENV, "MIGRAPHX_DOUBLE_COMPILE_S": str(compile_s), **systemd_env(notify_socket, 30.0)}
+    daemon = daemon_process(config, env=env).start()
+    try:
+        notify_socket.receive_until(lambda: bool(notify_socket.times("READY=1")), 90, daemon)
+        time.sleep(1.0)  # anything said after READY=1 arrives
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.stderr
+    finally:
+        subscriber.close()
+    ready_at = notify_socket.times("READY=1")[0]
+    extensions = notify_socket.datagrams("EXTEND_TIMEOUT_USEC=")
+    assert extensions and all(t < ready_at for t, _ in extensions), "more time only to start"
+    asked_s = set()
+    for _, lines in extensions:
+        assert any(line.startswith("STATUS=") for line in lines), lines
+        asked_s.update(int(line.split("=", 1)[1]) / 1e6 for line in lines if line.startswith("EXTEND_TIMEOUT_USEC="))
+    (asked,) = asked_s
+    compiling = [t for t, lines in extensions if any(line.startswith("STATUS=compiling ") for line in lines)]
+    assert len(compiling) >= 3, f"re-sent during the compile: {notify_socket.lines}"
+    assert largest_gap([t for t, _ in extensions]) < asked / 2, "re-sent well before it runs out"
+    assert largest_gap(compiling) < 7.5, f"every 5 s while compiling: {notify_socket.lines}"
+    progress = [status for status in notify_socket.statuses(before=ready_at) if status.startswith("compiling ")]
+    assert any(re.search(r": (5|6|7|8|9|10)s$", status) for status in progress), progress
 
 
 # -- the installed service under a real systemd -----------------------------------------------------------
@@ -597,6 +642,37 @@ def test_watchdog_restarts_a_hung_engine(service_box: ServiceBox) -> None:
     assert STALL_LOG in log and log.index(STALL_LOG) < log.index(timeout) < log.index(restarted), log
     assert "Failed with result 'watchdog'" in log and "status=6/ABRT" in log, log
     assert "Fatal Python error: Aborted" in log and "most recent call first" in log, log
+
+
+def test_a_compile_longer_than_the_start_timeout_completes_without_a_restart(service_box: ServiceBox) -> None:
+    """Issue 20, point 2: a first compile (the MIGraphX double's, slowed to 15 s) outlasts TimeoutStartSec (6 s
+    here): systemd neither kills nor restarts it, `systemctl status` shows its progress, and it becomes ready."""
+    box = service_box
+    timeout_s, compile_s = 6, 15
+    box.reset()
+    box.run("rm -rf /var/cache/nfnet-stream/*")  # no compiled program: a first compile
+    box.drop_in(f"TimeoutStartSec={timeout_s}s")
+    box.run(f"cat >> {ENV_FILE}", input=f"MIGRAPHX_DOUBLE_COMPILE_S={compile_s}\n")
+    compiling = re.compile(r"compiling shapes_nfnet\.onnx for MIGraphX gpu \(process \d+\): (\d+)s")
+
+    def compiling_for(status: str) -> int:
+        match = compiling.fullmatch(status)
+        return int(match.group(1)) if match else -1
+    try:
+        mark = box.cursor()
+        box.run(f"systemctl start --no-block {SERVICE}")
+        box.wait_for(lambda: compiling_for(box.show("StatusText")["StatusText"]) > timeout_s, 60,
+                     "a compile past TimeoutStartSec", mark)
+        status = box.run(f"systemctl status {SERVICE}", check=False).stdout
+        assert re.search(r"Active: activating \(start\).*\n(.*\n)*.*Status: \"compiling shapes_nfnet", status), status
+        box.wait_for(lambda: box.show("ActiveState")["ActiveState"] != "activating", 60, "the end of the start", mark)
+        state = box.show("ActiveState", "SubState", "NRestarts")
+        log = box.journal(mark)
+    finally:
+        box.reset()
+    assert state == {"ActiveState": "active", "SubState": "running", "NRestarts": "0"}, log
+    assert "timed out" not in log and "Scheduled restart job" not in log, log
+    assert "ready: 1 stream(s)" in log and re.search(r"compiled program: cache miss, compile 1\d\.\ds", log), log
 
 
 def test_security_exposure_under_systemd(service_box: ServiceBox) -> None:

@@ -6,7 +6,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from pipelines.engines.base import BuildCancelled, BuildHooks, Engine, EngineError
+from pipelines.engines.base import BuildCancelled, BuildHooks, BuildReport, Engine, EngineError
 from pipelines.engines.batching import resolve_batch
 from pipelines.engines.config import EngineConfig, MigraphxOptions, OnnxRuntimeOptions
 from pipelines.model_info import ModelInfo
@@ -76,6 +76,26 @@ def trial_run(config: EngineConfig, model_path: Path, info: ModelInfo) -> str:
     return f"one batch of {engine.batch_size} run ({how}): {info.num_classes} finite scores a frame"
 
 
+def precompile(config: EngineConfig, model_path: Path, info: ModelInfo) -> BuildReport | None:
+    """Fill the program cache for this model on this machine's GPU ahead of time (``nfnet-daemon
+    --compile-only``), so that a fleet compiles once per GPU model and ships the cache. The compiled program is
+    loaded once, as a start would load it. None when the engine chosen here compiles nothing (ONNX Runtime).
+    Raises :class:`EngineError` when it cannot be compiled, or not kept (an unwritable ``cache_dir``)."""
+    kind, _ = choose_engine(config)
+    if kind != "migraphx":
+        return None
+    engine = create_engine(config, model_path, info)
+    try:
+        report = engine.build_report
+    finally:
+        engine.close()
+    assert report is not None
+    if report.program_path is None:
+        raise EngineError(f"compiled, but the program cannot be kept in engine.migraphx.cache_dir = "
+                          f"{config.migraphx.cache_dir} (not writable)")
+    return report
+
+
 def create_engine(config: EngineConfig, model_path: Path, info: ModelInfo, hooks: BuildHooks | None = None) -> Engine:
     """Build the configured engine for ``model_path``; ``auto`` logs what it chose and why. ``hooks`` hear of
     long steps (a MIGraphX compile) and can stop them (:class:`BuildCancelled`)."""
@@ -92,4 +112,4 @@ def create_engine(config: EngineConfig, model_path: Path, info: ModelInfo, hooks
 
 
 __all__ = ["BuildCancelled", "BuildHooks", "Engine", "EngineConfig", "EngineError", "choose_engine", "create_engine",
-           "migraphx_unavailable", "probe_engine", "trial_run"]
+           "migraphx_unavailable", "precompile", "probe_engine", "trial_run"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ class BuildReport:
     cache: str  # hit, miss, rebuilt or uncached
     compile_seconds: float
     cache_bytes: int  # what the compiled-program cache takes after this build (entries evicted)
+    program_path: Path | None  # where the compiled program is kept; None when uncached
 
 
 class Engine(ABC):

@@ -6,6 +6,13 @@ MIGraphX's Python bindings never release the GIL (no ``gil_scoped_release`` in `
 pipelines.engines.migraphx_compile REQUEST``) parses, quantises, compiles and saves the program to a file,
 then exits; the daemon only loads that file. The child dies with its parent (``PR_SET_PDEATHSIG``), is
 stopped when a stop is requested, and when it fails, what it printed becomes the start-up error.
+
+A compile cut short (a stop, a crash, a power cut) does not have to tune again from zero: the child's
+``MIGRAPHX_PROBLEM_CACHE`` names a file in the program cache's folder (``tuning/``), which MIGraphX reads
+when a compile starts and writes with its tuning results when compilation finishes (AMDMIGraphX's
+documentation of its environment variables); what a compile stopped before then had tuned is lost. A
+setting of the user's own is kept. MIGraphX writes the file in place: one that a power cut left unreadable
+would fail every later compile, so such a file is removed first.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +39,7 @@ POLL_S = 0.1
 STOP_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this long
 ERROR_LINES = 6  # of what the child printed, in a failure's message
 _PR_SET_PDEATHSIG = 1
+PROBLEM_CACHE_VARIABLE = "MIGRAPHX_PROBLEM_CACHE"
 
 
 @dataclass(frozen=True)
@@ -50,16 +59,16 @@ class CompileRequest:
     exhaustive_tune: bool
 
 
-def compile_in_child(request: CompileRequest, out: Path, hooks: BuildHooks) -> None:
-    """Compile ``request`` into the program file ``out`` in a child process and wait for it.
+def compile_in_child(request: CompileRequest, out: Path, hooks: BuildHooks, problem_cache: Path) -> None:
+    """Compile ``request`` into the program file ``out`` in a child process and wait for it; MIGraphX keeps
+    its tuning results in ``problem_cache`` unless the environment names a file of its own.
 
     Raises :class:`EngineError` naming what MIGraphX printed if the child fails or is killed, and
     :class:`BuildCancelled` (after stopping the child) if ``hooks.stop_requested()``.
     """
     command = [sys.executable, "-m", __name__, json.dumps({**asdict(request), "out": str(out),
                                                            "parent": os.getpid()})]
-    # The child imports what this process imports (a test double too): same sys.path.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p)}
+    env = child_environment(os.environ, problem_cache)
     with tempfile.TemporaryFile() as output:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                  env=env)
@@ -74,6 +83,44 @@ def compile_in_child(request: CompileRequest, out: Path, hooks: BuildHooks) -> N
         log.debug("compile process %d: %s", child.pid, line)
     if child.returncode != 0:
         raise EngineError(_failure(request, child, printed))
+
+
+def child_environment(environ: Mapping[str, str], problem_cache: Path) -> dict[str, str]:
+    """The compile process's environment: this one's, the same ``sys.path`` (the child imports what this
+    process imports, a test double too), and ``MIGRAPHX_PROBLEM_CACHE`` if unset and its folder writable
+    (an unwritable cache folder means compiling without caching, as for the programs)."""
+    env = {**environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p)}
+    if not env.get(PROBLEM_CACHE_VARIABLE) and _writable_folder(problem_cache.parent) \
+            and _usable_problem_cache(problem_cache):
+        env[PROBLEM_CACHE_VARIABLE] = str(problem_cache)
+    return env
+
+
+def _writable_folder(folder: Path) -> bool:
+    """``folder`` exists (made if need be) and this process may write in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _usable_problem_cache(problem_cache: Path) -> bool:
+    """True if ``problem_cache`` is absent or JSON; one that is not (written in part when the power went), on
+    which MIGraphX would throw at the start of every compile, is removed (False if it cannot be)."""
+    try:
+        json.loads(problem_cache.read_bytes())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError) as exc:
+        log.warning("removing the MIGraphX problem cache %s, which cannot be read (%s): tuning starts afresh",
+                    problem_cache, exc)
+        try:
+            problem_cache.unlink()
+        except OSError as error:
+            log.warning("cannot remove %s (%s): compiling without a problem cache", problem_cache, error)
+            return False
+    return True
 
 
 def _wait(child: subprocess.Popen, hooks: BuildHooks) -> None:

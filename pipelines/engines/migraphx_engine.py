@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,9 +131,10 @@ class MigraphxEngine(Engine):
             self._check_program(program, model_path)
             return program
 
+        problem_cache = options.cache_dir / "tuning" / problem_cache_name(key)
         try:
             cache = ProgramCache(options.cache_dir, options.cache_max_bytes).load_or_build(
-                key, load, lambda path: compile_in_child(request, path, hooks))
+                key, load, lambda path: compile_in_child(request, path, hooks, problem_cache))
         except EngineError:
             raise
         except OSError as exc:
@@ -141,7 +143,7 @@ class MigraphxEngine(Engine):
             raise EngineError(f"MIGraphX cannot load the program compiled from {model_path}: {exc}") from exc
         self._program = cache.program
         self._cache_outcome = cache.outcome
-        self.build_report = BuildReport(cache.outcome, cache.compile_seconds, cache.cache_bytes)
+        self.build_report = BuildReport(cache.outcome, cache.compile_seconds, cache.cache_bytes, cache.path)
         if self._gpu:
             assert self._hip is not None
             try:
@@ -298,6 +300,14 @@ class MigraphxEngine(Engine):
             self._slots.clear()
             self._hip = None
         self._program = None
+
+
+def problem_cache_name(key: CacheKey) -> str:
+    """MIGraphX's tuning problem cache for the device of ``key`` (in a folder of its own, apart from the
+    program cache's entries): one file per GPU model, since MIGraphX 2.15 keys its entries by the problem
+    alone, and a tuning result is only the best on the GPU it was timed on."""
+    device = re.sub(r"[^A-Za-z0-9+-]", "_", key.device_arch)
+    return f"{device}-{key.compute_units}cu.json"
 
 
 def _check_shape(shape: Any, lens: list[int], what: str) -> None:

@@ -16,7 +16,8 @@ it for their whole duration here too, by sleeping in C through ``ctypes.PyDLL`` 
 for ``MIGRAPHX_DOUBLE_PARSE_S``, ``MIGRAPHX_DOUBLE_COMPILE_S`` and ``MIGRAPHX_DOUBLE_LOAD_S`` seconds
 (environment; parse and compile default to 0, load to the file's size at the rate a real MIGraphX
 loads). ``MIGRAPHX_DOUBLE_COMPILE_CRASH=<text>`` makes ``compile`` print the text to stderr and abort
-the process, as a failed assertion inside MIGraphX does.
+the process, as a failed assertion inside MIGraphX does. ``MIGRAPHX_PROBLEM_CACHE`` is read when a
+compile starts and written when it finishes.
 
 A gpu program holds device memory for its weights and scratch from compile (or load) until the program
 object is destroyed (owner ``"migraphx"`` in ``DEVICE.leaks``), and records the ISA (gcnArchName) of the
@@ -79,6 +80,34 @@ _LIBC_HOLDING_THE_GIL.nanosleep.argtypes = [ctypes.POINTER(_Timespec), ctypes.c_
 # A real MIGraphX 2.15 (ref target) loads a saved dm_nfnet_f0 at 256 px (286 MB) in 0.35-0.55 s, and no
 # other Python thread runs meanwhile: the double's load holds the GIL at that rate unless told otherwise.
 _LOAD_BYTES_PER_S = 700e6
+
+
+def _load_problem_cache() -> dict[str, Any] | None:
+    """``MIGRAPHX_PROBLEM_CACHE`` (AMDMIGraphX's documented environment variables): the JSON file is loaded when a
+    compile starts, if it exists (a file that is not JSON throws, as ``from_json_string`` does); None when
+    the variable is unset."""
+    path = os.environ.get("MIGRAPHX_PROBLEM_CACHE")
+    if not path:
+        return None
+    try:
+        with open(path) as file:
+            text = file.read()
+    except FileNotFoundError:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise RuntimeError(f"migraphx double: problem cache {path} is not JSON: {exc}") from None
+
+
+def _save_problem_cache(problems: dict[str, Any] | None, model: Any) -> None:
+    """...and written back when compilation finishes, with this compile's tuning (here: one entry per graph
+    compiled; a compile that aborts first writes nothing)."""
+    if problems is None:
+        return
+    problems[model.graph.name or "main"] = {"solution": "tuned"}
+    with open(os.environ["MIGRAPHX_PROBLEM_CACHE"], "w") as file:
+        file.write(json.dumps(problems))
 
 
 def _busy_in_cpp(variable: str, default_s: float = 0.0) -> None:
@@ -639,6 +668,7 @@ class program:
             raise RuntimeError("migraphx double: program is already compiled")
         if self._model is None:
             raise RuntimeError("migraphx double: compiling an empty program is not modelled")
+        problems = _load_problem_cache()
         _busy_in_cpp("MIGRAPHX_DOUBLE_COMPILE_S")
         crash = os.environ.get("MIGRAPHX_DOUBLE_COMPILE_CRASH")
         if crash:
@@ -646,6 +676,7 @@ class program:
             os.abort()
         arch = DEVICE.settings.arch_of(DEVICE.current()) if t._name == "gpu" else None
         self._finish_compile(t._name, bool(offload_copy), arch)
+        _save_problem_cache(problems, self._model)
 
     def _finish_compile(self, target_name: str, offload_copy: bool, arch: str | None) -> None:
         """Compile (or, for a loaded program, finalize) for ``target_name``; options are baked in (FACTS).
