@@ -78,7 +78,8 @@ def test_trained_model_labels_every_frame_right(tmp_path: Path, daemon_process, 
     cache_bytes = metrics[("nfnet_stream_engine_program_cache_bytes", ())]
     if double:
         assert metrics[("nfnet_stream_engine_program_cache_total", (("outcome", "miss"),))] == 1
-        assert cache_bytes == sum(path.stat().st_size for path in (tmp_path / "cache").iterdir()) > 0
+        programs = [path for path in (tmp_path / "cache").iterdir() if path.is_file()]  # (tuning/: MIGraphX's own)
+        assert cache_bytes == sum(path.stat().st_size for path in programs) > 0
     else:
         assert cache_bytes == 0
     assert "Traceback" not in daemon.stderr
