@@ -433,3 +433,20 @@ def outcome_of(engine: MigraphxEngine) -> str:
     engine.close()
     assert engine.build_report is not None
     return engine.build_report.cache
+
+
+@pytest.mark.parametrize(("weights", "free_before", "free_after", "in_host"), [
+    (300 << 20, 8 << 30, (8 << 30) - (400 << 20), False),  # weights and scratch on the device
+    (300 << 20, 100 << 20, 100 << 20, True),  # nothing fitted: all in host memory
+    (300 << 20, 200 << 20, 40 << 20, False),  # 160 MiB on the device: at least half the weights, not flagged
+    (300 << 20, 120 << 20, 20 << 20, True),  # part of the weights fell back
+    (36, 64 << 30, (64 << 30) - 180, False),  # a tiny model whose program is mostly code: not a false alarm
+])
+def test_a_program_is_in_host_memory_when_its_load_took_less_than_half_its_weights(
+        weights: int, free_before: int, free_after: int, in_host: bool) -> None:
+    placement = migraphx_engine.ProgramPlacement(weights, free_before, free_after, 64 << 30)
+    assert placement.in_host_memory is in_host
+    if in_host:
+        with pytest.raises(EngineError, match="allow_host_memory = true runs it anyway"):
+            migraphx_engine.check_placement(placement, 0, allow_host_memory=False)
+    migraphx_engine.check_placement(placement, 0, allow_host_memory=True)  # a warning at most
