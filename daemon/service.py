@@ -162,6 +162,8 @@ class Daemon:
             self.metrics.program_cache.labels(outcome=report.cache).inc()
             self.metrics.program_cache_bytes.set(report.cache_bytes)
             log.info("compiled program: cache %s, compile %.1fs", report.cache, report.compile_seconds)
+        if self.engine.device_memory() is not None:
+            self.metrics.watch_device_memory(self.engine.device_memory)
 
         self._raise_if_stop_requested()
         self._startup_step("opening the sources")

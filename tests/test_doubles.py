@@ -38,6 +38,7 @@ SIGNATURES = {
     "hipGetErrorString": ([c_int], c_char_p),
     "hipMalloc": ([POINTER(c_void_p), c_size_t], c_int),
     "hipFree": ([c_void_p], c_int),
+    "hipMemGetInfo": ([POINTER(c_size_t), POINTER(c_size_t)], c_int),
     "hipHostMalloc": ([POINTER(c_void_p), c_size_t, c_uint], c_int),
     "hipHostFree": ([c_void_p], c_int),
     "hipMemcpyAsync": ([c_void_p, c_void_p, c_size_t, c_int, c_void_p], c_int),
@@ -209,6 +210,25 @@ def test_out_of_memory_after_the_configured_bytes(hip: Hip) -> None:
     assert hip.lib.hipMalloc(pointer(c_void_p()), 600) == HipError.hipErrorOutOfMemory
     assert hip.lib.hipFree(first) == 0
     assert hip.lib.hipFree(hip.malloc(600)) == 0
+
+
+def memory_info(hip: Hip) -> tuple[int, int]:
+    free, total = c_size_t(), c_size_t()
+    assert hip.lib.hipMemGetInfo(byref(free), byref(total)) == 0
+    return free.value, total.value
+
+
+def test_mem_get_info_follows_the_simulated_device_memory(hip: Hip) -> None:
+    DEVICE.reset(device_memory_bytes=1000)
+    assert memory_info(hip) == (1000, 1000)
+    first = hip.malloc(600)
+    hip.host_malloc(4096)  # pinned host memory is not device memory
+    assert memory_info(hip) == (400, 1000)
+    assert hip.lib.hipFree(first) == 0
+    assert memory_info(hip) == (1000, 1000)
+    DEVICE.reset()
+    assert memory_info(hip) == (64 << 30, 64 << 30)  # unlimited: an MI210's 64 GiB
+    assert hip.lib.hipMemGetInfo(None, byref(c_size_t())) == HipError.hipErrorInvalidValue
 
 
 def test_freeing_with_the_wrong_function_fails(hip: Hip) -> None:
@@ -799,6 +819,34 @@ def test_a_gpu_program_holds_device_memory_until_destroyed(migraphx: ModuleType,
     assert DEVICE.device_bytes_in_use > weights
     del loaded
     assert DEVICE.device_bytes_in_use == 0
+
+
+def test_a_gpu_program_that_does_not_fit_falls_back_to_host_memory_and_runs_slowly(
+        migraphx: ModuleType, colour: Path, tmp_path: Path) -> None:
+    """MIGraphX 2.15's allocate_gpu: hipMalloc fails, hipHostMalloc succeeds, no error (MIGRAPHX_FACTS.md)."""
+    def compiled_and_timed() -> tuple[object, float]:
+        program = migraphx.parse_onnx(str(colour), default_dim_value=2)
+        program.compile(migraphx.get_target("gpu"))
+        x = frames(2, seed=1)
+        started = time.perf_counter()
+        result = np.array(program.run({"input": x})[0])
+        np.testing.assert_allclose(result, reference(colour, x), rtol=1e-5)
+        return program, time.perf_counter() - started
+
+    on_device, fast = compiled_and_timed()
+    del on_device
+    DEVICE.reset(device_memory_bytes=16)
+    in_host, slow = compiled_and_timed()
+    assert DEVICE.device_bytes_in_use == 0 and DEVICE.leaks(owner="migraphx").pinned_allocations
+    assert slow >= 0.05 and slow > fast, (fast, slow)  # at least the double's 50 ms per run in host memory
+    migraphx.save(in_host, str(tmp_path / "p.mxr"))
+    del in_host
+    assert not DEVICE.leaks(owner="migraphx").pinned_allocations
+    loaded = migraphx.load(str(tmp_path / "p.mxr"))
+    assert DEVICE.device_bytes_in_use == 0 and DEVICE.leaks(owner="migraphx").pinned_allocations
+    del loaded
+    assert not DEVICE.leaks(owner="migraphx").pinned_allocations
+    assert migraphx.allocate_gpu(migraphx.shape(type="float_type", lens=[64])) is not None  # the helper too
 
 
 def test_a_program_compiled_for_another_isa_does_not_load(migraphx: ModuleType, colour: Path, tmp_path: Path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -147,9 +148,50 @@ def test_out_of_gpu_memory_is_an_engine_error_and_leaks_nothing(tmp_path: Path) 
 
 
 def test_a_program_that_does_not_fit_the_device_memory_is_an_engine_error(tmp_path: Path) -> None:
+    """MIGraphX 2.15 loads it into host memory without a word (the double does too); the engine says so."""
     doubles = use_doubles(device_memory_bytes=4096)
-    with pytest.raises(EngineError, match="Memory not available to allocate buffer"):
+    with pytest.raises(EngineError) as raised:
         build(doubles, tmp_path)
+    assert re.fullmatch(
+        r"the compiled program does not fit in GPU 0's memory: it needs at least 0\.3 MiB \(its weights, its "
+        r"scratch on top\) and 0\.0 MiB of 0\.0 MiB were free, so MIGraphX put it in host memory \(it "
+        r"took 0\.0 MiB of the GPU's\), where every inference runs many times slower; lower engine\.batch_size, "
+        r"set engine\.migraphx\.fp16 = true, or stop the other processes using the GPU \(rocm-smi --showpids\); "
+        r"engine\.migraphx\.allow_host_memory = true runs it anyway", str(raised.value)), str(raised.value)
+
+
+def test_allow_host_memory_runs_a_program_that_does_not_fit_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    expected = build(use_doubles(), tmp_path / "probe")
+    (buffer,) = expected.input_buffers(1)
+    buffer[:] = 0.25
+    logits = expected.infer(buffer, 4)
+    expected.close()
+    doubles = use_doubles(device_memory_bytes=1 << 20)
+    with caplog.at_level(logging.WARNING, logger="pipelines.engines.migraphx_engine"):
+        engine = build(doubles, tmp_path / "cache", allow_host_memory=True)
+    assert any("MIGraphX put it in host memory" in r.getMessage() and "allow_host_memory = true" in r.getMessage()
+               for r in caplog.records), caplog.text
+    (buffer,) = engine.input_buffers(1)
+    buffer[:] = 0.25
+    np.testing.assert_allclose(engine.infer(buffer, 4), logits, rtol=1e-6)
+    memory = engine.device_memory()
+    assert memory is not None and memory.ours == DEVICE.device_bytes_in_use  # the buffers only
+    engine.close()
+    assert not DEVICE.leaks() and not DEVICE.leaks("migraphx")
+
+
+def test_device_memory_is_the_gpus_and_ours(tmp_path: Path) -> None:
+    doubles = use_doubles(device_memory_bytes=1 << 30)
+    engine = build(doubles, tmp_path)
+    engine.input_buffers(2)
+    memory = engine.device_memory()
+    assert memory is not None
+    assert (memory.total, memory.used, memory.ours) == (1 << 30, DEVICE.device_bytes_in_use, DEVICE.device_bytes_in_use)
+    buffers = 2 * (4 * 3 * 64 * 64 * 4 + 4 * INFO.num_classes * 4)
+    assert memory.ours > buffers  # the program too
+    engine.close()
+    assert engine.device_memory() is None
 
 
 def test_submit_needs_the_engines_own_pinned_buffers(tmp_path: Path) -> None:
@@ -391,3 +433,20 @@ def outcome_of(engine: MigraphxEngine) -> str:
     engine.close()
     assert engine.build_report is not None
     return engine.build_report.cache
+
+
+@pytest.mark.parametrize(("weights", "free_before", "free_after", "in_host"), [
+    (300 << 20, 8 << 30, (8 << 30) - (400 << 20), False),  # weights and scratch on the device
+    (300 << 20, 100 << 20, 100 << 20, True),  # nothing fitted: all in host memory
+    (300 << 20, 200 << 20, 40 << 20, False),  # 160 MiB on the device: at least half the weights, not flagged
+    (300 << 20, 120 << 20, 20 << 20, True),  # part of the weights fell back
+    (36, 64 << 30, (64 << 30) - 180, False),  # a tiny model whose program is mostly code: not a false alarm
+])
+def test_a_program_is_in_host_memory_when_its_load_took_less_than_half_its_weights(
+        weights: int, free_before: int, free_after: int, in_host: bool) -> None:
+    placement = migraphx_engine.ProgramPlacement(weights, free_before, free_after, 64 << 30)
+    assert placement.in_host_memory is in_host
+    if in_host:
+        with pytest.raises(EngineError, match="allow_host_memory = true runs it anyway"):
+            migraphx_engine.check_placement(placement, 0, allow_host_memory=False)
+    migraphx_engine.check_placement(placement, 0, allow_host_memory=True)  # a warning at most

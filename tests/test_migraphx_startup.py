@@ -163,3 +163,46 @@ def test_a_problem_cache_cut_short_by_a_power_cut_is_dropped(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert "removing the MIGraphX problem cache" in result.stderr and json.loads(problems.read_text())
 
+
+
+# -- a program that does not fit in the GPU's memory ------------------------------------------------------
+
+# Room for the engine's buffers (about 0.2 MiB each), not for the compiled shapes model (4 MiB on the double).
+SMALL_GPU = {"HIP_DOUBLE_DEVICE_MEMORY_BYTES": str(2 << 20)}
+
+
+def host_memory_daemon(tmp_path: Path, daemon_process, allow: bool) -> tuple[DaemonProcess, int]:
+    """A daemon on a GPU too small for its program; returns it and its HTTP port."""
+    engine = migraphx_double_engine(tmp_path / "cache") + f"allow_host_memory = {str(allow).lower()}\n"
+    port = free_port()
+    config = daemon_config(SHAPES_MODEL, file_source("cam", tmp_path / "cam.mp4", 4), free_port(), port,
+                           exit_when_done=True, engine=engine)
+    return daemon_process(config, env={**DOUBLES_ENV, **SMALL_GPU}).start(), port
+
+
+def test_a_program_that_does_not_fit_in_gpu_memory_is_exit_3_in_one_line(tmp_path: Path, daemon_process) -> None:
+    """MIGraphX 2.15 would load it into host memory without a word and run many times slower."""
+    daemon, _ = host_memory_daemon(tmp_path, daemon_process, allow=False)
+    assert daemon.wait() == 3, daemon.stderr
+    errors = [line for line in daemon.stderr.splitlines() if line.startswith("nfnet-daemon: error:")]
+    assert len(errors) == 1 and re.fullmatch(
+        r"nfnet-daemon: error: the compiled program does not fit in GPU 0's memory: it needs at least [\d.]+ MiB .* "
+        r"and 2\.0 MiB of 2\.0 MiB were free, so MIGraphX put it in host memory .*; lower engine\.batch_size, set "
+        r"engine\.migraphx\.fp16 = true, or stop the other processes using the GPU .*allow_host_memory = true runs "
+        r"it anyway", errors[0]), daemon.stderr
+    assert "Traceback" not in daemon.stderr
+
+
+def test_allow_host_memory_starts_with_a_warning(tmp_path: Path, daemon_process) -> None:
+    """It starts, says so, and the GPU's memory is exported: ours is the engine's buffers, not the program."""
+    daemon, port = host_memory_daemon(tmp_path, daemon_process, allow=True)
+    daemon.wait_for_log("waiting up to")
+    assert re.search(r"WARNING.*MIGraphX put it in host memory.*\(engine\.migraphx\.allow_host_memory = true\)",
+                     daemon.stderr), daemon.stderr
+    status, metrics = get(port, "/metrics")
+    memory = {kind: float(value) for kind, value in
+              re.findall(r'^nfnet_stream_device_memory_bytes\{kind="(\w+)"\} (\S+)$', metrics, re.M)}
+    assert status == 200 and memory["total"] == 2 << 20, metrics
+    assert 0 < memory["ours"] == memory["used"] < 1 << 20, memory
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0, daemon.stderr

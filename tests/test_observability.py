@@ -9,6 +9,7 @@ exactly the metrics the code registers. (A real Prometheus server runs them in t
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import signal
@@ -23,6 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import MetricsConfig
+from pipelines.engines.base import DeviceMemory
 from pipelines.runtime.metrics import PREFIX, PipelineMetrics
 from tests.conftest import REPO, SHAPES_MODEL, DaemonProcess, daemon_config, free_port
 from tests.double_fixtures import DOUBLES_ENV, migraphx_double_engine
@@ -263,3 +265,18 @@ def test_the_readme_documents_every_metric_the_daemon_registers() -> None:
 ])
 def test_promql_extraction(expr: str, expected: Query) -> None:
     assert parse(expr) == expected
+
+
+def test_device_memory_is_read_at_each_scrape_and_nan_while_the_engine_cannot_say() -> None:
+    metrics = PipelineMetrics()
+    readings: list[DeviceMemory | None] = [DeviceMemory(total=16 << 30, used=5 << 30, ours=3 << 30), None]
+    metrics.watch_device_memory(lambda: readings[0])
+
+    def scraped(kind: str) -> float:
+        value = metrics.registry.get_sample_value(f"{PREFIX}_device_memory_bytes", {"kind": kind})
+        assert value is not None
+        return value
+
+    assert [scraped(kind) for kind in ("total", "used", "ours")] == [16 << 30, 5 << 30, 3 << 30]
+    readings.pop(0)
+    assert all(math.isnan(scraped(kind)) for kind in ("total", "used", "ours"))

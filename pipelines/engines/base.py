@@ -55,6 +55,15 @@ class BuildReport:
     program_path: Path | None  # where the compiled program is kept; None when uncached
 
 
+@dataclass(frozen=True)
+class DeviceMemory:
+    """A GPU's memory, in bytes: its size, what every process on it uses, and what this engine holds."""
+
+    total: int
+    used: int
+    ours: int
+
+
 class Engine(ABC):
     """Runs the model on the first ``count`` rows of a ``(batch_size, C, H, W)`` float32 buffer.
 
@@ -122,6 +131,10 @@ class Engine(ABC):
     @abstractmethod
     def describe(self) -> dict[str, str]:
         """Facts for logs and the model-info metric (engine, provider, precision, ...)."""
+
+    def device_memory(self) -> DeviceMemory | None:
+        """The memory of the GPU the engine runs on, where the engine can read it (None: it cannot)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - engines with resources override it
         """Release the engine's resources."""

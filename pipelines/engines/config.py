@@ -62,6 +62,13 @@ class MigraphxOptions(StrictModel):
                     "(0 keeps only that one). Default 8 GiB.",
     )
     device: int = Field(0, ge=0, le=255, description="HIP device index.")
+    allow_host_memory: bool = Field(
+        False,
+        description="Start even when the compiled program does not fit in the GPU's free memory. MIGraphX then "
+                    "puts it in host memory without an error (hipMalloc fails, it takes hipHostMalloc) and every "
+                    "inference runs many times slower; by default start-up fails (exit 3) saying how much it "
+                    "needs and how much was free.",
+    )
     hip_library: str = Field(
         "libamdhip64.so",
         description="The HIP runtime for ctypes. 'python:MODULE' loads a Python stand-in instead "

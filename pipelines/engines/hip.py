@@ -36,6 +36,7 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "hipHostFree": ([c_void_p], c_int),
     "hipMalloc": ([POINTER(c_void_p), c_size_t], c_int),
     "hipFree": ([c_void_p], c_int),
+    "hipMemGetInfo": ([POINTER(c_size_t), POINTER(c_size_t)], c_int),
     "hipMemcpyAsync": ([c_void_p, c_void_p, c_size_t, c_int, c_void_p], c_int),
     "hipStreamCreateWithFlags": ([POINTER(c_void_p), c_uint], c_int),
     "hipStreamDestroy": ([c_void_p], c_int),
@@ -57,6 +58,14 @@ class DeviceIdentity:
     arch: str  # gcnArchName with its features, e.g. gfx90a:sramecc+:xnack- (HSA_XNACK changes it)
     compute_units: int  # MIGraphX bakes it into launch sizes
     runtime_version: int  # hipRuntimeGetVersion
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """``hipMemGetInfo`` of the current device: what every process on it leaves free, and its size."""
+
+    free: int
+    total: int
 
 
 class HipError(RuntimeError):
@@ -119,6 +128,12 @@ class Hip:
         self._check("hipRuntimeGetVersion", self._lib.hipRuntimeGetVersion(ctypes.pointer(version)))
         return DeviceIdentity(properties.name.decode(errors="replace"), properties.gcnArchName.decode(errors="replace"),
                               properties.multiProcessorCount, version.value)
+
+    def memory_info(self) -> MemoryInfo:
+        """Free and total memory of the calling thread's current device (all processes counted)."""
+        free, total = c_size_t(0), c_size_t(0)
+        self._check("hipMemGetInfo", self._lib.hipMemGetInfo(ctypes.pointer(free), ctypes.pointer(total)))
+        return MemoryInfo(free.value, total.value)
 
     def host_malloc(self, nbytes: int) -> int:
         """Pinned (page-locked) host memory: what asynchronous host↔device copies need."""

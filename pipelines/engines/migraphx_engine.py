@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -37,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.engines.base import BuildHooks, BuildReport, Engine, EngineError
+from pipelines.engines.base import BuildHooks, BuildReport, DeviceMemory, Engine, EngineError
 from pipelines.engines.batching import resolve_batch
 from pipelines.engines.config import EngineConfig
 from pipelines.engines.hip import Hip, HipError, load_library
@@ -125,9 +126,15 @@ class MigraphxEngine(Engine):
             exhaustive_tune=options.exhaustive_tune)
         key = self._cache_key(model_path, request)
 
+        weight_bytes = _weight_bytes(model_path) // (2 if options.fp16 else 1)
+
         def load(path: Path) -> Any:
             hooks.step("loading the compiled program")
-            program = self._mgx.load(str(path), format="msgpack")
+            if self._hip is None:
+                program = self._mgx.load(str(path), format="msgpack")
+            else:
+                program, self._placement = measure_placement(
+                    self._hip, weight_bytes, lambda: self._mgx.load(str(path), format="msgpack"))
             self._check_program(program, model_path)
             return program
 
@@ -146,6 +153,7 @@ class MigraphxEngine(Engine):
         self.build_report = BuildReport(cache.outcome, cache.compile_seconds, cache.cache_bytes, cache.path)
         if self._gpu:
             assert self._hip is not None
+            check_placement(self._placement, options.device, options.allow_host_memory)
             try:
                 self._copy_stream, self._compute_stream = self._hip.stream_create(), self._hip.stream_create()
             except HipError as exc:
@@ -270,6 +278,21 @@ class MigraphxEngine(Engine):
         slot.in_flight = False
         return logits
 
+    def device_memory(self) -> DeviceMemory | None:
+        """The GPU's memory now (``hipMemGetInfo``, cheap enough for every scrape), and this engine's share:
+        the program as its load took it, and the buffers; None on the ``ref`` target, after ``close`` or
+        when HIP fails (a sticky fault: start-up or the pipeline reports that)."""
+        hip = self._hip
+        if hip is None:
+            return None
+        try:
+            self._use_device_on_this_thread(hip)
+            info = hip.memory_info()
+        except HipError:
+            return None
+        buffers = len(self._slots) * (self._input_shape.bytes() + self._output_shape.bytes())
+        return DeviceMemory(info.total, info.total - info.free, self._placement.on_device + buffers)
+
     def describe(self) -> dict[str, str]:
         return {
             "engine": self.name,
@@ -302,6 +325,58 @@ class MigraphxEngine(Engine):
         self._program = None
 
 
+@dataclass(frozen=True)
+class ProgramPlacement:
+    """Where a loaded program's memory went, from ``hipMemGetInfo`` before and after the load.
+
+    MIGraphX 2.15 never says: when ``hipMalloc`` fails, ``allocate_gpu`` silently takes ``hipHostMalloc``
+    (MIGRAPHX_FACTS.md), and the program runs many times slower over PCIe. The load puts the weights on the
+    device (the scratch comes on top): a load that took less device memory than half of them left (at least
+    part of) the program in host memory."""
+
+    weight_bytes: int  # as compiled: halved by fp16
+    free_before: int
+    free_after: int
+    total: int
+
+    @property
+    def on_device(self) -> int:
+        """Device memory the load took."""
+        return max(self.free_before - self.free_after, 0)
+
+    @property
+    def in_host_memory(self) -> bool:
+        return self.on_device < self.weight_bytes // 2
+
+
+def measure_placement(hip: Hip, weight_bytes: int, load: Callable[[], Any]) -> tuple[Any, ProgramPlacement]:
+    """``load()`` the program and say where it went; on the calling thread's current device."""
+    before = hip.memory_info()
+    program = load()
+    after = hip.memory_info()
+    return program, ProgramPlacement(weight_bytes, before.free, after.free, before.total)
+
+
+def check_placement(placement: ProgramPlacement, device: int, allow_host_memory: bool) -> None:
+    """Refuse a program that went to host memory (an :class:`EngineError`: exit 3), unless allowed (a warning)."""
+    if not placement.in_host_memory:
+        return
+    found = (f"the compiled program does not fit in GPU {device}'s memory: it needs at least "
+             f"{_mib(placement.weight_bytes)} (its weights, its scratch on top) and "
+             f"{_mib(placement.free_before)} of {_mib(placement.total)} were free, so MIGraphX put it in host memory "
+             f"(it took {_mib(placement.on_device)} of the GPU's), where every inference runs many times slower")
+    if allow_host_memory:
+        log.warning("%s (engine.migraphx.allow_host_memory = true)", found)
+        return
+    raise EngineError(f"{found}; lower engine.batch_size, set engine.migraphx.fp16 = true, or stop the other "
+                      "processes using the GPU (rocm-smi --showpids); engine.migraphx.allow_host_memory = true "
+                      "runs it anyway")
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f} MiB"
+
+
 def problem_cache_name(key: CacheKey) -> str:
     """MIGraphX's tuning problem cache for the device of ``key`` (in a folder of its own, apart from the
     program cache's entries): one file per GPU model, since MIGraphX 2.15 keys its entries by the problem
@@ -327,6 +402,15 @@ def _float32_view(address: int, shape: tuple[int, ...]) -> np.ndarray:
     """A numpy array over memory that HIP allocated (no copy; valid until that memory is freed)."""
     elements = int(np.prod(shape))
     return np.ctypeslib.as_array((ctypes.c_float * elements).from_address(address)).reshape(shape)
+
+
+def _weight_bytes(model_path: Path) -> int:
+    """The model's weights (initializers, embedded or external) in bytes, from their shapes and types."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return sum(int(np.prod(init.dims)) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+               for init in graph.initializer)
 
 
 def _graph_input_name(model_path: Path, info: ModelInfo) -> str:

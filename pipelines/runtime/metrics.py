@@ -11,9 +11,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
@@ -22,6 +23,9 @@ from prometheus_client.registry import RestrictedRegistry
 from prometheus_client.utils import floatToGoString
 
 from pipelines.frames import DropCounts, Frame
+
+if TYPE_CHECKING:
+    from pipelines.engines.base import DeviceMemory
 
 PREFIX = "nfnet_stream"
 
@@ -39,6 +43,7 @@ COUNTED_STAGES = ("preprocess", "inference", "publish")  # the stages whose fram
 DROP_CAUSES = ("queue_full", "stale", "decode_error", "interval", "error")
 SOURCE_STATES = ("connecting", "running", "reconnecting", "ended", "failed")
 FINAL_STATES = ("ended", "failed")  # what a stream's EndOfStream says
+DEVICE_MEMORY_KINDS = ("total", "used", "ours")  # fields of DeviceMemory
 
 
 class BatchHistogramChild:
@@ -191,6 +196,20 @@ class PipelineMetrics:
             f"{PREFIX}_engine_program_cache_bytes", "Bytes the MIGraphX compiled-program cache's entries take after "
             "start-up's lookup, once the least recently used beyond engine.migraphx.cache_max_bytes are evicted "
             "(0 under ONNX Runtime).", registry=r)
+        self.device_memory = Gauge(
+            f"{PREFIX}_device_memory_bytes", "The GPU's memory (MIGraphX engine only), read at each scrape: total, "
+            "used by every process on it, and ours (the compiled program as loaded, and the engine's buffers). A "
+            "program that did not fit went to host memory instead, many times slower: see "
+            "engine.migraphx.allow_host_memory.", ["kind"], registry=r)
+
+    def watch_device_memory(self, read: Callable[[], DeviceMemory | None]) -> None:
+        """Report the GPU's memory as ``read()`` says at each scrape (NaN while it cannot say)."""
+        for kind in DEVICE_MEMORY_KINDS:
+            def value(kind: str = kind) -> float:
+                memory = read()
+                return math.nan if memory is None else float(getattr(memory, kind))
+
+            self.device_memory.labels(kind=kind).set_function(value)
 
     def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
         """Report ``depth()`` as the queue's depth at scrape time."""

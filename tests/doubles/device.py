@@ -37,7 +37,8 @@ What it models:
   (``hipSetDevice`` is per thread, and a thread starts on device 0).
 
 Configuration comes from ``reset(...)`` or, at import, from the environment: ``HIP_DOUBLE_DEVICE_COUNT``
-(default 1), ``HIP_DOUBLE_DEVICE_MEMORY_BYTES`` (default unlimited), ``HIP_DOUBLE_OP_DELAY_S`` (default 0),
+(default 1), ``HIP_DOUBLE_DEVICE_MEMORY_BYTES`` (default unlimited: ``hipMemGetInfo``
+then reports a 64 GiB device), ``HIP_DOUBLE_OP_DELAY_S`` (default 0),
 ``HIP_DOUBLE_ARCH`` (comma-separated, one per device, the last repeated; default
 ``gfx90a:sramecc+:xnack-``), ``HIP_DOUBLE_COMPUTE_UNITS`` (104), ``HIP_DOUBLE_RUNTIME_VERSION``
 (70226015). ``reset`` writes its settings into ``os.environ`` too, so that child processes (the
@@ -65,6 +66,9 @@ _JOIN_TIMEOUT_S = 10.0
 _PROT_NONE = 0
 _MAP_NORESERVE = 0x4000  # Linux values; the mmap module exports neither
 _MAP_FIXED = 0x10
+
+
+UNLIMITED_DEVICE_MEMORY_BYTES = 64 << 30  # what hipMemGetInfo reports as total without a limit (an MI210's)
 
 
 class HipError(enum.IntEnum):
@@ -442,6 +446,12 @@ class SimulatedDevice:
     def device_bytes_in_use(self) -> int:
         with self._lock:
             return sum(a.size for a in self._allocations.values() if a.kind is MemoryKind.DEVICE)
+
+    def memory_info(self) -> tuple[int, int]:
+        """hipMemGetInfo: (free, total) device bytes, consistent with what ``allocate`` refuses."""
+        total = UNLIMITED_DEVICE_MEMORY_BYTES if self.device_memory_bytes is None else self.device_memory_bytes
+        with self._lock:
+            return max(total - self.device_bytes_in_use, 0), total
 
     # -- memory -----------------------------------------------------------------------------------------
 

@@ -87,13 +87,15 @@ class _Param(enum.Enum):
     POINTER = "a pointer or handle (8 bytes)"
     OUT_POINTER = "a void**/hipStream_t*/hipEvent_t* out-parameter (8 bytes written)"
     OUT_INT = "an int* out-parameter (4 bytes written)"
+    OUT_SIZE_T = "a size_t* out-parameter (8 bytes written)"
     OUT_DEVICE_PROP = f"a hipDeviceProp_tR0600* out-parameter ({_DEVICE_PROP_BYTES} bytes written)"
     SIZE_T = "size_t (8 bytes)"
     INT = "int/unsigned/enum (4 bytes)"
 
 
 _WRITTEN_BYTES = {_Param.OUT_POINTER: ctypes.sizeof(ctypes.c_void_p), _Param.OUT_INT: ctypes.sizeof(ctypes.c_int),
-                  _Param.OUT_DEVICE_PROP: _DEVICE_PROP_BYTES}
+                  _Param.OUT_SIZE_T: ctypes.sizeof(ctypes.c_size_t), _Param.OUT_DEVICE_PROP: _DEVICE_PROP_BYTES}
+_OUT_CTYPES = {_Param.OUT_POINTER: ctypes.c_void_p, _Param.OUT_SIZE_T: ctypes.c_size_t}
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Out:
     param: _Param
 
     def write(self, value: int, offset: int = 0) -> None:
-        ctype = ctypes.c_void_p if self.param is _Param.OUT_POINTER else ctypes.c_int
+        ctype = _OUT_CTYPES.get(self.param, ctypes.c_int)
         ctype.from_address(self.address + offset).value = value
 
     def write_string(self, text: str, offset: int, capacity: int) -> None:
@@ -275,6 +277,17 @@ class _HipRuntime:
 
     def hipGetErrorString(self, code: int) -> bytes:
         return error_string(code).encode()
+
+    # hipMemGetInfo (HIP docs, Memory management): free and total memory of the current device. MIGraphX's
+    # allocate_gpu no longer consults it (MIGRAPHX_FACTS.md): only a caller comparing it before and after
+    # a load sees that a program went to host memory.
+    def hipMemGetInfo(self, free: Out, total: Out) -> int:
+        if not free.address or not total.address:
+            return HipError.hipErrorInvalidValue
+        free_bytes, total_bytes = self.device.memory_info()
+        free.write(free_bytes)
+        total.write(total_bytes)
+        return HipError.hipSuccess
 
     # hipMalloc (HIP docs): size 0 sets *ptr to nullptr and succeeds; hipErrorOutOfMemory when full.
     def hipMalloc(self, ptr: Out, size: int) -> int:
@@ -474,6 +487,7 @@ _SIGNATURES: dict[str, tuple[_Param, ...]] = {
     "hipSetDevice": (P.INT,),
     "hipGetErrorString": (P.INT,),
     "hipMalloc": (P.OUT_POINTER, P.SIZE_T),
+    "hipMemGetInfo": (P.OUT_SIZE_T, P.OUT_SIZE_T),
     "hipFree": (P.POINTER,),
     "hipHostMalloc": (P.OUT_POINTER, P.SIZE_T, P.INT),
     "hipHostFree": (P.POINTER,),

@@ -41,6 +41,7 @@ import os
 import struct
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -119,6 +120,10 @@ def _busy_in_cpp(variable: str, default_s: float = 0.0) -> None:
         whole = int(seconds)
         _LIBC_HOLDING_THE_GIL.nanosleep(ctypes.byref(_Timespec(whole, int((seconds - whole) * 1e9))), None)
 _OUTPUT_PARAMETER = "main:#output_{}"
+# A program whose weights and scratch fell back to host memory runs many times slower (its kernels read them
+# over PCIe): each run takes this many times its own compute on top, and at least _HOST_MEMORY_MIN_RUN_S.
+_HOST_MEMORY_SLOWDOWN = 20
+_HOST_MEMORY_MIN_RUN_S = 0.05
 _PROGRAM_FILE_VERSION = 7  # program_file_version in src/program.cpp
 _MIGRAPHX_VERSION = "2.15.0"
 
@@ -625,6 +630,7 @@ class program:
         self._stream_handle = 0
         self._last_run: Mark | None = None
         self._arch: str | None = None  # the ISA a gpu program's code objects were built for
+        self._in_host_memory = False  # its weights and scratch fell back to hipHostMalloc: every run is slow
 
     @classmethod
     def _from_model(cls, model: onnx.ModelProto) -> program:
@@ -691,11 +697,9 @@ class program:
             if arch != device_arch:
                 raise RuntimeError(f"migraphx double: Failed to load module: code objects for {arch}, device "
                                    f"{DEVICE.current()} is {device_arch} (hipErrorNoBinaryForGpu)")
-            try:
-                memory = DEVICE.allocate(MemoryKind.DEVICE, _device_bytes(self._model), "migraphx")
-            except OutOfDeviceMemory as exc:  # hip::allocate_gpu (hip.cpp)
-                raise RuntimeError(f"Memory not available to allocate buffer: {exc}") from None
-            weakref.finalize(self, DEVICE.free, MemoryKind.DEVICE, memory)
+            kind, memory = _allocate_gpu_memory(_device_bytes(self._model))
+            weakref.finalize(self, DEVICE.free, kind, memory)
+            self._in_host_memory = kind is MemoryKind.PINNED
             self._stream_handle = DEVICE.create_stream(0, "migraphx").handle  # the gpu context's own stream
             weakref.finalize(self, DEVICE.destroy_stream, self._stream_handle)
             self._arch = arch
@@ -834,10 +838,15 @@ class program:
         inputs = {name: arg for name, arg in bound.items() if name in self._inputs}
         destinations = self._results(bound)
 
+        in_host_memory = self._in_host_memory
+
         def execute() -> None:
+            started = time.perf_counter()
             feeds = {name: staged[name] if name in staged else arg._read() for name, arg in inputs.items()}
             for value, destination in zip(session.run(None, feeds), destinations, strict=True):
                 destination._write(value)
+            if in_host_memory:  # every kernel reads its weights and scratch over PCIe
+                time.sleep(max(_HOST_MEMORY_SLOWDOWN * (time.perf_counter() - started), _HOST_MEMORY_MIN_RUN_S))
 
         return execute
 
@@ -969,18 +978,23 @@ class _GpuBuffer:
     """Owns a helper's allocation: it is freed when the last argument using it is collected."""
 
 
+def _allocate_gpu_memory(nbytes: int, host: bool = False) -> tuple[MemoryKind, int]:
+    """allocate_gpu (src/targets/gpu/hip.cpp, rocm-7.2.4): hipMalloc, and when that fails, silently
+    hipHostMalloc instead (MIGRAPHX_FACTS.md: the free-memory check and its "Memory not available to
+    allocate buffer" were removed before rocm-7.0.0, upstream #4114). No error: the buffer is in host
+    memory, and whatever reads it runs over PCIe."""
+    if not host:
+        try:
+            return MemoryKind.DEVICE, DEVICE.allocate(MemoryKind.DEVICE, nbytes, "migraphx")
+        except OutOfDeviceMemory:
+            pass
+    return MemoryKind.PINNED, DEVICE.allocate(MemoryKind.PINNED, nbytes, "migraphx")
+
+
 def _allocate(nbytes: int, host: bool) -> tuple[int, _GpuBuffer]:
-    """allocate_gpu (hip.cpp): refuse more than the free memory, else hipMalloc, falling back to
-    hipHostMalloc when that fails. Returns the address and an object that frees it when collected."""
+    """allocate_gpu for the helpers; returns the address and an object that frees it when collected."""
     _require_device()
-    free = None if DEVICE.device_memory_bytes is None else DEVICE.device_memory_bytes - DEVICE.device_bytes_in_use
-    if free is not None and nbytes > free:
-        raise RuntimeError(f"Memory not available to allocate buffer: {nbytes}")
-    kind = MemoryKind.PINNED if host else MemoryKind.DEVICE
-    try:
-        address = DEVICE.allocate(kind, nbytes, "migraphx")
-    except OutOfDeviceMemory:
-        kind, address = MemoryKind.PINNED, DEVICE.allocate(MemoryKind.PINNED, nbytes, "migraphx")
+    kind, address = _allocate_gpu_memory(nbytes, host)
     owner = _GpuBuffer()
     weakref.finalize(owner, DEVICE.free, kind, address)
     return address, owner
