@@ -191,6 +191,10 @@ class PipelineMetrics:
             f"{PREFIX}_engine_program_cache_bytes", "Bytes the MIGraphX compiled-program cache's entries take after "
             "start-up's lookup, once the least recently used beyond engine.migraphx.cache_max_bytes are evicted "
             "(0 under ONNX Runtime).", registry=r)
+        self.engine_nodes = Gauge(
+            f"{PREFIX}_engine_nodes", "Nodes of the model's graph each ONNX Runtime provider ran, as ONNX Runtime's "
+            "profile of the first run reports them (a GPU provider that fuses the nodes it takes counts each fused "
+            "group as one; none under MIGraphX).", ["provider"], registry=r)
 
     def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
         """Report ``depth()`` as the queue's depth at scrape time."""

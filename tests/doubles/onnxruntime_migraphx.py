@@ -28,16 +28,29 @@ records every batch run (``runs``: input shapes, each of which the real provider
 output binding (``output_devices``: ``(device_type, device_id)``; the output is bound to the host, as the CPU
 build has no GPU allocator).
 
+Which nodes the provider takes: those whose op type is in ``supported_ops`` (an argument, else the
+``ORT_MIGRAPHX_DOUBLE_SUPPORTED_OPS`` environment variable, comma-separated, for a daemon in a subprocess; neither:
+every op). The others go to ``CPUExecutionProvider``, as ONNX Runtime's partitioning gives it whatever the
+provider's ``GetCapability`` does not claim, and the session is still created, with no word. Where they ran shows
+where the real build shows it, in the profile (``SessionOptions.enable_profiling``): ``end_profiling()`` returns
+ONNX Runtime's own JSON file (written by the real CPU session), with each claimed node's ``"provider"`` rewritten
+to ``MIGraphXExecutionProvider``.
+
 ``register_execution_provider_library`` records the library without loading it: it stands for a plugin library
 that loads and offers no device on this machine (as the OpenVINO plugin 1.8.1 does on an AMD CPU).
 
-Not modelled: compiling itself, ``device_id`` range checks (``hipGetDeviceCount``), option values, plugin
+Not modelled: the fusion of the claimed nodes (the real provider runs each connected group as one
+``MGXKernel_graph_...`` node, so its profile counts groups, not ONNX nodes; here each claimed node is its own);
+compiling itself, ``device_id`` range checks (``hipGetDeviceCount``), option values, plugin
 libraries that offer devices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -66,8 +79,30 @@ def _name(provider: str | tuple[str, dict[str, str]]) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
 
 
-def onnxruntime_migraphx(version: str = real.__version__) -> ModuleType:
-    """A fresh double (empty records) of the ``onnxruntime-migraphx`` build of ONNX Runtime ``version``."""
+SUPPORTED_OPS_VARIABLE = "ORT_MIGRAPHX_DOUBLE_SUPPORTED_OPS"
+
+
+def supported_from_environment() -> frozenset[str] | None:
+    """The op types ``ORT_MIGRAPHX_DOUBLE_SUPPORTED_OPS`` names (``""``: none); None (every op) when unset."""
+    names = os.environ.get(SUPPORTED_OPS_VARIABLE)
+    return None if names is None else frozenset(filter(None, (n.strip() for n in names.split(","))))
+
+
+def claim_in_profile(profile: str, supported: frozenset[str] | None) -> None:
+    """Rewrite a CPU session's profile as the MIGraphX build's would read: the nodes of a supported op type ran
+    on ``MIGraphXExecutionProvider``."""
+    events = json.loads(Path(profile).read_text())
+    for event in events:
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and "provider" in args and (supported is None or args["op_name"] in supported):
+            args["provider"] = MIGRAPHX
+    Path(profile).write_text(json.dumps(events))
+
+
+def onnxruntime_migraphx(version: str = real.__version__, supported_ops: Iterable[str] | None = None) -> ModuleType:
+    """A fresh double (empty records) of the ``onnxruntime-migraphx`` build of ONNX Runtime ``version``, whose
+    provider takes the nodes of ``supported_ops`` (None: ``ORT_MIGRAPHX_DOUBLE_SUPPORTED_OPS``, else every op)."""
+    supported = frozenset(supported_ops) if supported_ops is not None else supported_from_environment()
     since_1_23 = tuple(map(int, version.split(".")[:2])) >= (1, 23)
     module = ModuleType("onnxruntime", __doc__)
     runs: list[tuple[int, ...]] = []
@@ -110,6 +145,12 @@ def onnxruntime_migraphx(version: str = real.__version__) -> ModuleType:
             others = [p for p in providers if _name(p) != MIGRAPHX]
             super()._create_inference_session(others, None, disabled_optimizers)
             self._providers = [MIGRAPHX, *self._providers]
+
+        def end_profiling(self) -> str:
+            profile = super().end_profiling()
+            if profile and MIGRAPHX in self._providers:
+                claim_in_profile(profile, supported)
+            return profile
 
         def run(self, output_names: Any, input_feed: dict[str, np.ndarray], run_options: Any = None) -> Any:
             runs.extend(np.shape(value) for value in input_feed.values())
