@@ -290,6 +290,17 @@ def test_nodes_the_gpu_provider_does_not_take_are_reported_by_op_type(tmp_path: 
     assert profile_dirs() - before == set()  # the profile is deleted once read
 
 
+def test_a_compiling_provider_counts_each_fused_subgraph_as_one_node(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MIGraphX provider runs what it takes as one fused node a subgraph: the whole graph is one node."""
+    use_migraphx_build(monkeypatch)
+    engine = migraphx_engine(tmp_path)
+    engine.warmup(1)
+    assert engine.placement is not None
+    assert engine.placement.describe() == "MIGraphXExecutionProvider took 1 of 1 nodes"
+    assert engine.placement.counts() == {"MIGraphXExecutionProvider": 1, "CPUExecutionProvider": 0}
+
+
 def test_a_gpu_provider_that_takes_no_node_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_migraphx_build(monkeypatch, supported_ops=set())
     before = profile_dirs()

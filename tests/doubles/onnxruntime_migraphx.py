@@ -33,15 +33,16 @@ Which nodes the provider takes: those whose op type is in ``supported_ops`` (an 
 every op). The others go to ``CPUExecutionProvider``, as ONNX Runtime's partitioning gives it whatever the
 provider's ``GetCapability`` does not claim, and the session is still created, with no word. Where they ran shows
 where the real build shows it, in the profile (``SessionOptions.enable_profiling``): ``end_profiling()`` returns
-ONNX Runtime's own JSON file (written by the real CPU session), with each claimed node's ``"provider"`` rewritten
-to ``MIGraphXExecutionProvider``.
+ONNX Runtime's own JSON file (written by the real CPU session), rewritten as the provider's fusion makes it: each
+run of claimed nodes in execution order is one fused node (``MIGraphXExecutionProvider_MGXKernel_graph_...``) run by
+``MIGraphXExecutionProvider``, as ORT fuses each subgraph a compiling provider claims into one node.
 
 ``register_execution_provider_library`` records the library without loading it: it stands for a plugin library
 that loads and offers no device on this machine (as the OpenVINO plugin 1.8.1 does on an AMD CPU).
 
-Not modelled: the fusion of the claimed nodes (the real provider runs each connected group as one
-``MGXKernel_graph_...`` node, so its profile counts groups, not ONNX nodes; here each claimed node is its own);
-compiling itself, ``device_id`` range checks (``hipGetDeviceCount``), option values, plugin
+Not modelled: the exact partitioning and fused names (the real provider's subgraphs follow the graph's
+connections, with a hash in their names; here runs in execution order) and the graph it sees (here the CPU
+session's optimised graph, NCHWc reorders included); compiling itself, ``device_id`` range checks (``hipGetDeviceCount``), option values, plugin
 libraries that offer devices.
 """
 
@@ -88,13 +89,48 @@ def supported_from_environment() -> frozenset[str] | None:
     return None if names is None else frozenset(filter(None, (n.strip() for n in names.split(","))))
 
 
+NODE_EVENT_SUFFIXES = ("_kernel_time", "_fence_before", "_fence_after")  # a node's events in a profile
+
+
+def node_of(event: dict[str, Any]) -> tuple[str, str] | None:
+    """(node name, suffix) of a profile event of category "Node"; None for other events."""
+    if event.get("cat") != "Node":
+        return None
+    name = event["name"]
+    return next(((name.removesuffix(s), s) for s in NODE_EVENT_SUFFIXES if name.endswith(s)), None)
+
+
+def fused_groups(kernels: Iterable[tuple[str, str]], supported: frozenset[str] | None) -> dict[str, int]:
+    """Node name → the fused subgraph it is part of, for ``kernels`` (node, op type) in execution order: each run of
+    supported nodes is one subgraph, as the provider's GetCapability partitions the graph in topological order."""
+    groups: dict[str, int] = {}
+    group, previous_claimed = -1, False
+    for node, op_type in kernels:
+        claimed = supported is None or op_type in supported
+        if claimed and not previous_claimed:
+            group += 1
+        if claimed:
+            groups[node] = group
+        previous_claimed = claimed
+    return groups
+
+
 def claim_in_profile(profile: str, supported: frozenset[str] | None) -> None:
-    """Rewrite a CPU session's profile as the MIGraphX build's would read: the nodes of a supported op type ran
-    on ``MIGraphXExecutionProvider``."""
+    """Rewrite a CPU session's profile as the MIGraphX build's would read: each run of nodes of a supported op type
+    is one fused node (``MIGraphXExecutionProvider_MGXKernel_graph_main_graph_N_N``, op ``MGXKernel_graph_...``)
+    run by ``MIGraphXExecutionProvider``; the other nodes stay on ``CPUExecutionProvider``."""
     events = json.loads(Path(profile).read_text())
+    kernels = dict.fromkeys((event["name"].removesuffix("_kernel_time"), event["args"]["op_name"])
+                            for event in events if "provider" in event.get("args", {}) and node_of(event))
+    groups = fused_groups(kernels, supported)
     for event in events:
-        args = event.get("args", {})
-        if event.get("cat") == "Node" and "provider" in args and (supported is None or args["op_name"] in supported):
+        node = node_of(event)
+        if node is None or node[0] not in groups:
+            continue
+        group, args = groups[node[0]], event["args"]
+        args["op_name"] = f"MGXKernel_graph_main_graph_{group}"
+        event["name"] = f"{MIGRAPHX}_{args['op_name']}_{group}{node[1]}"
+        if "provider" in args:
             args["provider"] = MIGRAPHX
     Path(profile).write_text(json.dumps(events))
 
