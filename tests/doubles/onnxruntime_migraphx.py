@@ -42,8 +42,8 @@ that loads and offers no device on this machine (as the OpenVINO plugin 1.8.1 do
 
 Not modelled: the exact partitioning and fused names (the real provider's subgraphs follow the graph's
 connections, with a hash in their names; here runs in execution order) and the graph it sees (here the CPU
-session's optimised graph, NCHWc reorders included); compiling itself, ``device_id`` range checks (``hipGetDeviceCount``), option values, plugin
-libraries that offer devices.
+session's optimised graph, NCHWc reorders included); compiling itself, ``device_id`` range checks
+(``hipGetDeviceCount``), option values, plugin libraries that offer devices.
 """
 
 from __future__ import annotations
