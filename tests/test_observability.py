@@ -2,7 +2,8 @@
 no ``_created`` series; every metric, label and label value that the Grafana dashboard and the alert rules
 query is exported by a real daemon (a file that ended, a live stream reconnecting, MIGraphX's
 compiled-program cache; and, from a second one on ONNX Runtime, where the graph's nodes ran), every
-nfnet_stream_ metric is on the dashboard, and every panel query of a per-stream metric follows the stream variable; the panels where no data means trouble say so; the
+nfnet_stream_ metric is on the dashboard, and every panel query of a per-stream metric follows the stream
+variable; the panels where no data means trouble say so; the
 Prometheus config and rules pass promtool and scrape the default port; the README's metrics table lists
 exactly the metrics the code registers. (A real Prometheus server runs them in tests/test_prometheus_queries.py.)"""
 
