@@ -1,9 +1,10 @@
 """``nfnet-daemon --check-config``: everything start-up would check, without starting the pipeline.
 
-The model is opened and its metadata read, the engine choice is made and its requirements checked (without
-compiling), the model is run once on zeros (ONNX Runtime on the CPU, else MIGraphX's reference target: a
-model that fails when run, or whose output does not fit its labels, fails here as at start-up), file
-sources are opened and their first frame decoded, CURVE key files are read with their permission checks;
+The model is opened and its metadata read, the engine choice is made and its requirements checked, the model is
+run once on zeros: ONNX Runtime on the providers start-up would use, saying how many nodes each ran (a GPU provider
+that takes none fails here as at start-up); MIGraphX, not compiled, through ONNX Runtime on the CPU, else its
+reference target. A model that fails when run, or whose output does not fit its labels, fails here as at start-up.
+File sources are opened and their first frame decoded, CURVE key files are read with their permission checks;
 live sources are not contacted (a camera that is down at start-up does not stop the daemon either) and no
 port is bound. Errors are raised as start-up would raise them; the return value is a summary a person can
 read.

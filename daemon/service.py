@@ -157,6 +157,11 @@ class Daemon:
                                  "weights": self.info.weights.describe(), **self.run_identity.fields(), **facts})
         self.metrics.build_seconds.labels(step="build").set(built - started)
         self.metrics.build_seconds.labels(step="warmup").set(warmed - built)
+        placement = self.engine.placement
+        if placement is not None:
+            log.info("onnxruntime: %s", placement.describe())
+            for provider, nodes in placement.counts().items():
+                self.metrics.engine_nodes.labels(provider=provider).set(nodes)
         report = self.engine.build_report
         if report is not None:
             self.metrics.program_cache.labels(outcome=report.cache).inc()

@@ -4,6 +4,7 @@ engine, prints a summary and exits without starting anything."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from tests.conftest import REPO, SHAPES_MODEL, solid_frames, write_video
 from tests.double_fixtures import daemon_on_onnxruntime_migraphx
+from tests.doubles.onnxruntime_migraphx import SUPPORTED_OPS_VARIABLE
 
 
 def check(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -102,3 +104,44 @@ migraphx_load_model_path = "/var/cache/nfnet-stream/m.mxr"
         "nfnet-daemon: error: engine.onnxruntime.provider_options.MIGraphXExecutionProvider: "
         "migraphx_load_compiled_model, migraphx_load_model_path replaced by migraphx_model_cache_dir in ONNX Runtime "
         "1.23 (installed: 1.32.0)\n")
+
+
+MIGRAPHX_EP = """type = "onnxruntime"
+[engine.onnxruntime]
+providers = ["MIGraphXExecutionProvider", "CPUExecutionProvider"]
+"""
+
+
+def check_on_migraphx_ep(config_file: Path, supported_ops: str) -> subprocess.CompletedProcess[str]:
+    """--check-config of ``config_file`` on ONNX Runtime's MIGraphX provider (the double), which takes the nodes of
+    ``supported_ops`` (comma-separated op types)."""
+    config_file.write_text(config_file.read_text().replace('type = "onnxruntime"\n', MIGRAPHX_EP))
+    return subprocess.run(daemon_on_onnxruntime_migraphx("1.32.0", "--config", str(config_file), "--check-config"),
+                          capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, SUPPORTED_OPS_VARIABLE: supported_ops})
+
+
+def test_the_check_says_how_much_of_the_graph_the_gpu_provider_took(config_file: Path) -> None:
+    result = check_on_migraphx_ep(config_file, "Conv")
+    assert result.returncode == 0, result.stderr
+    (run,) = [line for line in result.stdout.splitlines() if line.startswith("  run      ")]
+    assert re.fullmatch(r"  run      one batch of \d+ run \(ONNX Runtime\): 8 finite scores a frame; "
+                        r"MIGraphXExecutionProvider took (\d+) of (\d+) nodes \((\d+) on CPUExecutionProvider: "
+                        r"(\w+ x\d+, )*\w+ x\d+\)", run), run
+    assert "Conv x" not in run  # every Conv ran on the GPU provider
+
+
+def test_the_check_refuses_a_gpu_provider_that_takes_no_node(config_file: Path) -> None:
+    result = check_on_migraphx_ep(config_file, "")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert re.fullmatch(r"nfnet-daemon: error: ONNX Runtime's MIGraphXExecutionProvider took none of the model's "
+                        r"(\d+) nodes: all would run on CPUExecutionProvider \(MIGraphXExecutionProvider took 0 of "
+                        r"\1 nodes \(\1 on CPUExecutionProvider: [^\n]*\)\)\n", result.stderr), result.stderr
+
+
+def test_the_check_of_the_cpu_route_counts_every_node_on_the_cpu(config_file: Path) -> None:
+    result = check(config_file)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^  run      one batch of \d+ run \(ONNX Runtime\): 8 finite scores a frame; "
+                     r"CPUExecutionProvider took (\d+) of \1 nodes$", result.stdout, re.MULTILINE), result.stdout

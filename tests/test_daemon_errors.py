@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from tests.conftest import REPO, free_port, solid_frames, write_video
 from tests.double_fixtures import daemon_on_onnxruntime_migraphx
+from tests.doubles.onnxruntime_migraphx import SUPPORTED_OPS_VARIABLE
 from tests.onnx_models import colour_model, sidecar_twins
 
 EXIT_CONFIG, EXIT_STARTUP = 2, 3
@@ -148,3 +150,21 @@ migraphx_fp16_enabled = "True"
                             capture_output=True, text=True, timeout=60)
     assert_clean_error(result, EXIT_STARTUP, "MIGraphXExecutionProvider", "migraphx_fp16_enabled")
     assert "Falling back" not in result.stdout
+
+
+def test_an_onnx_runtime_gpu_provider_that_takes_no_node_stops_the_daemon(tmp_path: Path, colour_model_path: Path,
+                                                                         video: Path) -> None:
+    """It would start, and run every node on the CPU under the GPU provider's name."""
+    config = tmp_path / "c.toml"
+    config.write_text(config_text(colour_model_path, video, """
+[engine]
+type = "onnxruntime"
+[engine.onnxruntime]
+providers = ["MIGraphXExecutionProvider", "CPUExecutionProvider"]
+"""))
+    result = subprocess.run(daemon_on_onnxruntime_migraphx(ort.__version__, "--config", str(config)), cwd=REPO,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, SUPPORTED_OPS_VARIABLE: ""})
+    assert_clean_error(result, EXIT_STARTUP, "nfnet-daemon: error: ONNX Runtime's MIGraphXExecutionProvider took none "
+                       "of the model's 3 nodes: all would run on CPUExecutionProvider (MIGraphXExecutionProvider took "
+                       "0 of 3 nodes (3 on CPUExecutionProvider: Flatten x1, GlobalAveragePool x1, MatMul x1))\n")

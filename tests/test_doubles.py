@@ -35,6 +35,7 @@ H2D, D2H = hip_runtime.HIP_MEMCPY_HOST_TO_DEVICE, hip_runtime.HIP_MEMCPY_DEVICE_
 SIGNATURES = {
     "hipGetDeviceCount": ([POINTER(c_int)], c_int),
     "hipSetDevice": ([c_int], c_int),
+    "hipSetDeviceFlags": ([c_uint], c_int),
     "hipGetErrorString": ([c_int], c_char_p),
     "hipMalloc": ([POINTER(c_void_p), c_size_t], c_int),
     "hipFree": ([c_void_p], c_int),
@@ -202,6 +203,15 @@ def test_device_count_and_set_device(hip: Hip) -> None:
     assert hip.lib.hipGetDeviceCount(count) == 0 and count.contents.value == 1
     assert hip.lib.hipSetDevice(0) == 0
     assert hip.lib.hipSetDevice(1) == HipError.hipErrorInvalidDevice
+
+
+def test_set_device_flags_records_one_scheduling_mode_per_device(hip: Hip) -> None:
+    DEVICE.reset(device_count=2)
+    assert hip.lib.hipSetDeviceFlags(3) == HipError.hipErrorInvalidValue  # Spin | Yield: two scheduling modes
+    assert hip.lib.hipSetDeviceFlags(0x20) == HipError.hipErrorInvalidValue  # no such flag
+    assert hip.lib.hipSetDevice(1) == 0
+    assert hip.lib.hipSetDeviceFlags(4 | 8) == 0  # BlockingSync | MapHost
+    assert DEVICE.device_flags == {1: 12}
 
 
 def test_out_of_memory_after_the_configured_bytes(hip: Hip) -> None:

@@ -1,9 +1,15 @@
 """The ONNX Runtime engine on real (small, hand-built) models: batching, padding, errors; the GPU route (provider
-start-up, option names per release, compiling providers, I/O binding) on the onnxruntime-migraphx double."""
+start-up, option names per release, compiling providers, I/O binding, where the nodes ran, HIP's blocking waits) on
+the onnxruntime-migraphx double."""
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
 import sys
+import tempfile
+import time
 import tomllib
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -11,13 +17,17 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 import onnxruntime as ort
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.engines import Engine, EngineConfig, EngineError, create_engine
 from pipelines.engines.config import OnnxRuntimeOptions
 from pipelines.engines.onnxruntime import best_providers, installed_option_names, output_device
-from tests.conftest import REPO
-from tests.doubles.onnxruntime_migraphx import onnxruntime_migraphx
+from tests.conftest import REPO, daemon_config, free_port, solid_frames, write_video
+from tests.double_fixtures import daemon_on_onnxruntime_migraphx
+from tests.doubles.device import DEVICE
+from tests.doubles.onnxruntime_migraphx import SUPPORTED_OPS_VARIABLE, onnxruntime_migraphx
 from tests.onnx_models import colour_model, colour_model_info
+from tests.subscriber import get
 
 
 def expected_logits(inputs: np.ndarray) -> np.ndarray:
@@ -110,18 +120,20 @@ def test_options_for_a_provider_not_in_use_are_an_error(tmp_path: Path) -> None:
 MIGRAPHX_FIRST = ["MIGraphXExecutionProvider", "CPUExecutionProvider"]
 
 
-def use_migraphx_build(monkeypatch: pytest.MonkeyPatch, version: str = ort.__version__) -> ModuleType:
-    double = onnxruntime_migraphx(version)
+def use_migraphx_build(monkeypatch: pytest.MonkeyPatch, version: str = ort.__version__,
+                       supported_ops: set[str] | None = None) -> ModuleType:
+    double = onnxruntime_migraphx(version, supported_ops)
     monkeypatch.setitem(sys.modules, "onnxruntime", double)
     return double
 
 
-def migraphx_engine(tmp_path: Path, batch_size: int = 4, **options: str) -> Engine:
+def migraphx_engine(tmp_path: Path, batch_size: int = 4, hip_library: str = "libamdhip64.so", **options: str) -> Engine:
     info = colour_model_info()
     ort_options = OnnxRuntimeOptions(providers=MIGRAPHX_FIRST,
                                      provider_options={"MIGraphXExecutionProvider": options} if options else {})
-    return create_engine(EngineConfig(type="onnxruntime", batch_size=batch_size, onnxruntime=ort_options),
-                         colour_model(tmp_path / "m.onnx", info), info)
+    config = EngineConfig(type="onnxruntime", batch_size=batch_size, onnxruntime=ort_options,
+                          migraphx={"hip_library": hip_library})
+    return create_engine(config, colour_model(tmp_path / "m.onnx", info), info)
 
 
 @pytest.mark.parametrize("version, reason", [
@@ -255,3 +267,129 @@ def test_a_plugin_provider_comes_first(tmp_path: Path, monkeypatch: pytest.Monke
                         raising=False)
     with pytest.raises(EngineError, match="a plugin provider must come first, followed by nothing but CPU"):
         plugin_engine(tmp_path, library, ["MIGraphXExecutionProvider", "ExampleExecutionProvider"])
+
+
+# Where the nodes ran: the colour model is GlobalAveragePool, Flatten, MatMul.
+
+def profile_dirs() -> set[Path]:
+    """The engines' profile directories in existence (those of other tests' engines not yet collected too)."""
+    return set(Path(tempfile.gettempdir()).glob("nfnet-stream-profile-*"))
+
+
+def test_nodes_the_gpu_provider_does_not_take_are_reported_by_op_type(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    use_migraphx_build(monkeypatch, supported_ops={"GlobalAveragePool", "MatMul"})
+    before = profile_dirs()
+    engine = migraphx_engine(tmp_path)
+    assert engine.placement is None  # known from the first run
+    engine.check_output(3)
+    assert engine.placement is not None
+    assert engine.placement.describe() == ("MIGraphXExecutionProvider took 2 of 3 nodes "
+                                           "(1 on CPUExecutionProvider: Flatten x1)")
+    assert engine.placement.counts() == {"MIGraphXExecutionProvider": 2, "CPUExecutionProvider": 1}
+    assert profile_dirs() - before == set()  # the profile is deleted once read
+
+
+def test_a_compiling_provider_counts_each_fused_subgraph_as_one_node(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MIGraphX provider runs what it takes as one fused node a subgraph: the whole graph is one node."""
+    use_migraphx_build(monkeypatch)
+    engine = migraphx_engine(tmp_path)
+    engine.warmup(1)
+    assert engine.placement is not None
+    assert engine.placement.describe() == "MIGraphXExecutionProvider took 1 of 1 nodes"
+    assert engine.placement.counts() == {"MIGraphXExecutionProvider": 1, "CPUExecutionProvider": 0}
+
+
+def test_a_gpu_provider_that_takes_no_node_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_migraphx_build(monkeypatch, supported_ops=set())
+    before = profile_dirs()
+    engine = migraphx_engine(tmp_path)
+    with pytest.raises(EngineError, match=r"^ONNX Runtime's MIGraphXExecutionProvider took none of the model's 3 "
+                                          r"nodes: all would run on CPUExecutionProvider \(MIGraphXExecutionProvider "
+                                          r"took 0 of 3 nodes \(3 on CPUExecutionProvider: Flatten x1, "
+                                          r"GlobalAveragePool x1, MatMul x1\)\)$"):
+        engine.check_output(3)
+    assert profile_dirs() - before == set()
+
+
+def test_the_cpu_route_counts_every_node_on_the_cpu_and_is_not_refused(tmp_path: Path) -> None:
+    info = colour_model_info()
+    engine = create_engine(EngineConfig(type="onnxruntime", onnxruntime=OnnxRuntimeOptions(
+        providers=["CPUExecutionProvider"])), colour_model(tmp_path / "m.onnx", info), info)
+    engine.warmup()
+    assert engine.placement is not None
+    assert engine.placement.describe() == "CPUExecutionProvider took 3 of 3 nodes"
+    assert engine.placement.counts() == {"CPUExecutionProvider": 3}
+
+
+def test_an_engine_closed_or_dropped_before_its_first_run_leaves_no_profile(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    use_migraphx_build(monkeypatch)
+    before = profile_dirs()
+    migraphx_engine(tmp_path).close()
+    migraphx_engine(tmp_path)  # collected at once: the session writes its profile as it goes
+    assert profile_dirs() - before == set()
+
+
+# HIP's blocking waits for the MIGraphX provider
+
+HIP_DOUBLE = "python:tests.doubles.hip_runtime"
+
+
+@pytest.mark.parametrize("options, device", [({}, 0), ({"device_id": "1"}, 1)])
+def test_the_migraphx_provider_waits_for_the_gpu_without_spinning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 options: dict[str, str], device: int) -> None:
+    DEVICE.reset(device_count=2)
+    use_migraphx_build(monkeypatch)
+    migraphx_engine(tmp_path, hip_library=HIP_DOUBLE, **options)
+    assert DEVICE.device_flags == {device: 4}  # hipDeviceScheduleBlockingSync on the provider's device
+
+
+def test_hip_flags_are_left_alone_without_the_migraphx_provider(tmp_path: Path) -> None:
+    DEVICE.reset()
+    info = colour_model_info()
+    create_engine(EngineConfig(type="onnxruntime", onnxruntime=OnnxRuntimeOptions(providers=["CPUExecutionProvider"]),
+                               migraphx={"hip_library": HIP_DOUBLE}), colour_model(tmp_path / "m.onnx", info), info)
+    assert DEVICE.device_flags == {}
+
+
+def test_a_missing_hip_library_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    use_migraphx_build(monkeypatch)
+    with caplog.at_level(logging.DEBUG, logger="pipelines.engines.onnxruntime"):
+        engine = migraphx_engine(tmp_path, hip_library=str(tmp_path / "libamdhip64.so"))
+    assert engine.describe()["provider"] == "MIGraphXExecutionProvider"
+    assert [r.levelname for r in caplog.records if "no HIP runtime" in r.getMessage()] == ["DEBUG"]
+
+
+def test_the_daemon_logs_and_exports_where_the_nodes_ran(tmp_path: Path) -> None:
+    """Start-up on the MIGraphX provider (the double) taking two of the colour model's three nodes: one log line with
+    the counts and the op types left to the CPU, and the gauge, while the daemon waits for its subscriber."""
+    info = colour_model_info()
+    model = colour_model(tmp_path / "m.onnx", info)
+    write_video(tmp_path / "v.mp4", solid_frames([(255, 0, 0)] * 2))
+    port = free_port()
+    engine = f'type = "onnxruntime"\n[engine.onnxruntime]\nproviders = {MIGRAPHX_FIRST}'.replace("'", '"')
+    config = tmp_path / "c.toml"
+    config.write_text(daemon_config(model, {"cam1": tmp_path / "v.mp4"}, free_port(), port, exit_when_done=True,
+                                    engine=engine))
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("wb") as err:
+        daemon = subprocess.Popen(daemon_on_onnxruntime_migraphx(ort.__version__, "--config", str(config)), cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=err,
+                                  env={**os.environ, SUPPORTED_OPS_VARIABLE: "GlobalAveragePool,MatMul"})
+    try:
+        line = "onnxruntime: MIGraphXExecutionProvider took 2 of 3 nodes (1 on CPUExecutionProvider: Flatten x1)"
+        deadline = time.monotonic() + 60
+        while line not in stderr.read_text():  # logged once the gauge is set
+            assert daemon.poll() is None and time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.05)
+        status, text = get(port, "/metrics")
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert status == 200
+    nodes = {sample.labels["provider"]: sample.value for family in text_string_to_metric_families(text)
+             for sample in family.samples if sample.name == "nfnet_stream_engine_nodes"}
+    assert nodes == {"MIGraphXExecutionProvider": 2, "CPUExecutionProvider": 1}

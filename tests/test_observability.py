@@ -1,8 +1,9 @@
 """What Prometheus and Grafana are given: a real daemon's /metrics passes ``promtool check metrics`` and has
 no ``_created`` series; every metric, label and label value that the Grafana dashboard and the alert rules
 query is exported by a real daemon (a file that ended, a live stream reconnecting, MIGraphX's
-compiled-program cache), every nfnet_stream_ metric is on the dashboard, and every panel query of a
-per-stream metric follows the stream variable; the panels where no data means trouble say so; the
+compiled-program cache; and, from a second one on ONNX Runtime, where the graph's nodes ran), every
+nfnet_stream_ metric is on the dashboard, and every panel query of a per-stream metric follows the stream
+variable; the panels where no data means trouble say so; the
 Prometheus config and rules pass promtool and scrape the default port; the README's metrics table lists
 exactly the metrics the code registers. (A real Prometheus server runs them in tests/test_prometheus_queries.py.)"""
 
@@ -65,6 +66,30 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         subscriber.close()
         daemon.kill()
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """/metrics of a daemon on ONNX Runtime (the CPU) waiting for its subscriber: the series only that engine
+    exports (where the graph's nodes ran)."""
+    tmp = tmp_path_factory.mktemp("observed-onnxruntime")
+    port = free_port()
+    daemon = DaemonProcess(tmp, daemon_config(SHAPES_MODEL, file_source("lobby", tmp / "lobby.mp4", 2), free_port(),
+                                              port, exit_when_done=False, engine='type = "onnxruntime"'))
+    try:
+        daemon.start()
+        daemon.wait_for_log("onnxruntime: CPUExecutionProvider took")  # logged once its metrics are set
+        status, text = get(port, "/metrics")
+        assert status == 200
+        yield text
+    finally:
+        daemon.kill()
+
+
+def both_engines(exposition: str, onnxruntime_exposition: str) -> dict[str, dict[str, set[str]]]:
+    """What a daemon exports on MIGraphX, with what only one on ONNX Runtime adds (a series both export is taken
+    from the MIGraphX daemon's, which has run frames)."""
+    return {**exported(onnxruntime_exposition), **exported(exposition)}
 
 
 def exported(text: str) -> dict[str, dict[str, set[str]]]:
@@ -147,8 +172,8 @@ def test_process_metrics_are_exported(exposition: str) -> None:
     assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "python_info"} <= set(samples)
 
 
-def test_dashboard_queries_only_what_the_daemon_exports(exposition: str) -> None:
-    samples = exported(exposition)
+def test_dashboard_queries_only_what_the_daemon_exports(exposition: str, onnxruntime_exposition: str) -> None:
+    samples = both_engines(exposition, onnxruntime_exposition)
     queries = dashboard_queries()
     assert len(queries) >= 20
     assert [problem for expr in queries for problem in problems(expr, samples)] == []
@@ -159,10 +184,13 @@ def test_no_created_series_are_exported(exposition: str) -> None:
     assert [name for name in exported(exposition) if name.endswith("_created")] == []
 
 
-def test_dashboard_shows_every_daemon_metric(exposition: str) -> None:
+def test_dashboard_shows_every_daemon_metric(exposition: str, onnxruntime_exposition: str) -> None:
     queried = set().union(*(parse(expr).metrics for expr in dashboard_queries()))
-    families = {family.name: {sample.name for sample in family.samples}
-                for family in text_string_to_metric_families(exposition) if family.name.startswith("nfnet_stream_")}
+    families: dict[str, set[str]] = defaultdict(set)
+    for text in (exposition, onnxruntime_exposition):
+        for family in text_string_to_metric_families(text):
+            if family.name.startswith("nfnet_stream_"):
+                families[family.name] |= {sample.name for sample in family.samples}
     assert sorted(name for name, sample_names in families.items() if not sample_names & queried) == []
 
 

@@ -55,25 +55,37 @@ def probe_engine(config: EngineConfig, model_path: Path, info: ModelInfo) -> str
 
 
 def trial_run(config: EngineConfig, model_path: Path, info: ModelInfo) -> str:
-    """One inference on zeros without compiling for a GPU (``--check-config``): ONNX Runtime on the CPU
-    where it is installed, else MIGraphX's reference target. Raises :class:`EngineError` as start-up would
-    for a model that fails when run or whose output does not fit its labels; says what ran."""
-    try:
-        import onnxruntime  # noqa: F401 - is the CPU route there?
+    """One inference on zeros (``--check-config``). Raises :class:`EngineError` as start-up would for a model that
+    fails when run, whose output does not fit its labels, or whose nodes a GPU provider of ONNX Runtime takes none
+    of; says what ran, and where.
 
-        trial = config.model_copy(update={"type": "onnxruntime", "onnxruntime": OnnxRuntimeOptions(
-            providers=["CPUExecutionProvider"])})
-        how = "ONNX Runtime on the CPU"
-    except ImportError:
-        trial = config.model_copy(update={"type": "migraphx", "migraphx": config.migraphx.model_copy(
-            update={"target": "ref", "cache_dir": Path(tempfile.mkdtemp(prefix="nfnet-check-"))})})
-        how = "MIGraphX's reference target"
+    ONNX Runtime runs on the providers start-up would use: which nodes a provider takes is known only from a
+    session of its own (for a compiling provider that is a compile, which ``migraphx_model_cache_dir`` keeps for
+    the start). MIGraphX is not compiled for the GPU here: ONNX Runtime on the CPU runs the model where it is
+    installed, else MIGraphX's reference target."""
+    kind, _ = choose_engine(config)
+    trial, how = (config.model_copy(update={"type": "onnxruntime"}), "ONNX Runtime") if kind == "onnxruntime" \
+        else cpu_trial(config)
     engine = create_engine(trial, model_path, info)
     try:
         engine.check_output(info.num_classes)
     finally:
         engine.close()
-    return f"one batch of {engine.batch_size} run ({how}): {info.num_classes} finite scores a frame"
+    ran = f"one batch of {engine.batch_size} run ({how}): {info.num_classes} finite scores a frame"
+    return ran if engine.placement is None else f"{ran}; {engine.placement.describe()}"
+
+
+def cpu_trial(config: EngineConfig) -> tuple[EngineConfig, str]:
+    """A configuration that runs the model without a GPU compile, and what it is: ONNX Runtime on the CPU where it
+    is installed, else MIGraphX's reference target."""
+    try:
+        import onnxruntime  # noqa: F401 - is the CPU route there?
+    except ImportError:
+        return config.model_copy(update={"type": "migraphx", "migraphx": config.migraphx.model_copy(
+            update={"target": "ref", "cache_dir": Path(tempfile.mkdtemp(prefix="nfnet-check-"))})}), \
+            "MIGraphX's reference target"
+    return config.model_copy(update={"type": "onnxruntime", "onnxruntime": OnnxRuntimeOptions(
+        providers=["CPUExecutionProvider"])}), "ONNX Runtime on the CPU"
 
 
 def precompile(config: EngineConfig, model_path: Path, info: ModelInfo) -> BuildReport | None:

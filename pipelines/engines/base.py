@@ -9,6 +9,7 @@ the device copies from directly; a CPU engine plain arrays.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,38 @@ class DeviceMemory:
     ours: int
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the nodes of an ONNX Runtime session's graph ran: for each provider, its nodes' op types with their
+    counts."""
+
+    providers: tuple[str, ...]  # the session's, the one asked for first
+    ops: dict[str, Counter[str]]
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    def counts(self) -> dict[str, int]:
+        """Nodes by provider, every provider of the session included (0 for one that ran none)."""
+        return {p: self.nodes(p) for p in [*self.providers, *self.ops]}
+
+    def nodes(self, provider: str) -> int:
+        return sum(self.ops.get(provider, Counter()).values())
+
+    @property
+    def total(self) -> int:
+        return sum(self.nodes(p) for p in self.ops)
+
+    def describe(self) -> str:
+        """``MIGraphXExecutionProvider took N of M nodes (K on CPUExecutionProvider: Op1 x3, Op2 x1)``."""
+        line = f"{self.provider} took {self.nodes(self.provider)} of {self.total} nodes"
+        others = [f"{self.nodes(p)} on {p}: " + ", ".join(f"{op} x{n}" for op, n in sorted(
+                      ops.items(), key=lambda item: (-item[1], item[0])))
+                  for p, ops in sorted(self.ops.items()) if p != self.provider]
+        return f"{line} ({'; '.join(others)})" if others else line
+
+
 class Engine(ABC):
     """Runs the model on the first ``count`` rows of a ``(batch_size, C, H, W)`` float32 buffer.
 
@@ -77,6 +110,7 @@ class Engine(ABC):
     batch_size: int
     max_in_flight: int = 1
     build_report: BuildReport | None = None  # engines that compile say how it went
+    placement: Placement | None = None  # ONNX Runtime: where the graph's nodes ran, known after the first run
     _zeros: np.ndarray | None = None  # the input buffer run_zeros keeps
 
     def input_buffers(self, count: int) -> list[np.ndarray]:

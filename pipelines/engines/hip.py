@@ -26,11 +26,14 @@ HIP_STREAM_NON_BLOCKING = 1
 HIP_EVENT_BLOCKING_SYNC = 1
 HIP_EVENT_DISABLE_TIMING = 2
 HIP_HOST_MALLOC_DEFAULT = 0
+# hipSetDeviceFlags: waits for the device sleep on an OS primitive instead of polling (hip_runtime_api.h)
+HIP_DEVICE_SCHEDULE_BLOCKING_SYNC = 4
 HIP_ERROR_NO_DEVICE = 100
 
 _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "hipGetDeviceCount": ([POINTER(c_int)], c_int),
     "hipSetDevice": ([c_int], c_int),
+    "hipSetDeviceFlags": ([c_uint], c_int),
     "hipGetErrorString": ([c_int], c_char_p),
     "hipHostMalloc": ([POINTER(c_void_p), c_size_t, c_uint], c_int),
     "hipHostFree": ([c_void_p], c_int),
@@ -118,6 +121,10 @@ class Hip:
 
     def set_device(self, device: int) -> None:
         self._check("hipSetDevice", self._lib.hipSetDevice(device))
+
+    def set_device_flags(self, flags: int) -> None:
+        """How the current device's host threads wait for it (``hipDeviceSchedule*``)."""
+        self._check("hipSetDeviceFlags", self._lib.hipSetDeviceFlags(flags))
 
     def device_identity(self, device: int) -> DeviceIdentity:
         """HIP's own view of ``device`` (its index as HIP numbers them, after ``HIP_VISIBLE_DEVICES``)."""

@@ -4,7 +4,7 @@ ONNX Runtime is an optional dependency (one flavour per environment: the extras 
 ``onnxruntime-gpu`` for NVIDIA, or ROCm's ``onnxruntime-migraphx`` wheel); nothing imports it before an
 engine of this kind is probed or built.
 
-Three things its Python wrapper does quietly are made loud here:
+Four things ONNX Runtime does quietly are made loud here:
 
 - A provider that cannot be created (an unknown option, a missing device) makes ``InferenceSession`` retry with
   ``CPUExecutionProvider`` and say so only with ``print()`` (``InferenceSession.__init__`` in
@@ -18,14 +18,31 @@ Three things its Python wrapper does quietly are made loud here:
   has a one-to-one equivalent.
 - A compiling provider (MIGraphX, TensorRT) compiles one program per input shape, for minutes: it is always fed
   the full, padded batch, so the warm-up compiles the only shape that will ever run.
+- A provider that is started may still take none of the graph: ONNX Runtime gives each node it does not claim to
+  the CPU provider without a word. Where the nodes ran is read from ONNX Runtime's profile of the first run
+  (:func:`read_placement`), logged, exported, and start-up refuses a GPU provider that took no node.
+
+Why the profile of the one real session, and not a second session with ``session.disable_cpu_ep_fallback = 1``
+(whose creation fails when any node would need the CPU provider): that second session would compile the whole
+graph a second time on a compiling provider (minutes for MIGraphX EP), it says only "all or not all", and a graph
+the GPU provider takes mostly (a shape op left on the CPU is common and harmless) would fail it. The profile
+costs the first run's timing records, nothing after (``end_profiling`` stops the profiler), and names every
+node's provider. What it counts is the nodes of the optimised graph as they ran: a compiling provider fuses the
+nodes it claims into one node per subgraph (``MGXKernel_graph_...``), so its count is of subgraphs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import os
 import re
+import shutil
+import tempfile
+import weakref
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -33,9 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.engines.base import Engine, EngineError
+from pipelines.engines.base import Engine, EngineError, Placement
 from pipelines.engines.batching import resolve_batch
 from pipelines.engines.config import EngineConfig, OnnxRuntimeOptions
+from pipelines.engines.hip import HIP_DEVICE_SCHEDULE_BLOCKING_SYNC, Hip, HipError, load_library
 from pipelines.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -46,13 +64,14 @@ INSTALL_HINT = (
     "Runtime at all with engine.type = \"migraphx\""
 )
 CPU = "CPUExecutionProvider"
+MIGRAPHX = "MIGraphXExecutionProvider"
 # Preference order when no providers are configured. (The ROCm execution provider was removed in ONNX Runtime
 # 1.23; with an older release it can still be configured by name.)
-PREFERRED_PROVIDERS = ("MIGraphXExecutionProvider", "CUDAExecutionProvider", CPU)
-GPU_PROVIDERS = frozenset({"MIGraphXExecutionProvider", "CUDAExecutionProvider"})
+PREFERRED_PROVIDERS = (MIGRAPHX, "CUDAExecutionProvider", CPU)
+GPU_PROVIDERS = frozenset({MIGRAPHX, "CUDAExecutionProvider"})
 # Providers that compile a program for each new input shape (MIGraphX: one per shape unless
 # migraphx_max_dynamic_batch is set; TensorRT: an engine per shape profile).
-COMPILING_PROVIDERS = frozenset({"MIGraphXExecutionProvider", "TensorrtExecutionProvider"})
+COMPILING_PROVIDERS = frozenset({MIGRAPHX, "TensorrtExecutionProvider"})
 
 
 @dataclass(frozen=True)
@@ -189,6 +208,45 @@ def fallback_reason(printed: str) -> str:
     return match.group(1).strip() if match else "ONNX Runtime gave no reason"
 
 
+def read_placement(profile: Path, providers: list[str]) -> Placement:
+    """Where the nodes ran, from an ONNX Runtime profile (``SessionOptions.enable_profiling``) of a session of
+    ``providers``: each event of category "Node" that names a provider (a node's ``_kernel_time``; its fences name
+    none) counts its node once."""
+    ran_on: dict[str, tuple[str, str]] = {}  # node name -> (provider, op type)
+    for event in json.loads(profile.read_text()):
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and "provider" in args:
+            ran_on[event["name"].removesuffix("_kernel_time")] = args["provider"], args.get("op_name", "?")
+    ops: dict[str, Counter[str]] = {}
+    for provider, op_type in ran_on.values():
+        ops.setdefault(provider, Counter())[op_type] += 1
+    return Placement(tuple(providers), ops)
+
+
+def check_placement(placement: Placement) -> None:
+    """Refuse a GPU provider that took no node: the model would run on the CPU, slowly, under a GPU's name."""
+    if placement.provider in GPU_PROVIDERS and placement.nodes(placement.provider) == 0:
+        raise EngineError(f"ONNX Runtime's {placement.provider} took none of the model's {placement.total} nodes: "
+                          f"all would run on {CPU} ({placement.describe()})")
+
+
+def block_while_waiting(hip_library: str, device: int) -> None:
+    """``hipSetDeviceFlags(hipDeviceScheduleBlockingSync)`` on the provider's ``device``, before the MIGraphX
+    provider starts on it, so that its waits for the GPU sleep instead of spinning a core (ROCm busy-waits by
+    default). ONNX Runtime's MIGraphX build needs no HIP library of the daemon's: one that is missing is not an
+    error."""
+    try:
+        hip = Hip(load_library(hip_library))
+    except (OSError, ImportError) as exc:
+        log.debug("onnxruntime: no HIP runtime to set blocking waits with (%s)", exc)
+        return
+    try:
+        hip.set_device(device)  # the flags are the current device's
+        hip.set_device_flags(HIP_DEVICE_SCHEDULE_BLOCKING_SYNC)
+    except HipError as exc:  # the provider's own start-up then says what is wrong with the device
+        log.warning("onnxruntime: %s: the provider's waits for the GPU may keep a core busy", exc)
+
+
 def create_session(ort: ModuleType, model_path: Path, session_options: Any,
                    providers: list[tuple[str, dict[str, str]]], plugin: bool) -> Any:
     """An ``InferenceSession`` running on the first of ``providers``, or :class:`EngineError` with ONNX Runtime's
@@ -225,8 +283,18 @@ class OnnxRuntimeEngine(Engine):
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = 1
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # For the first run only: where its nodes ran (read_placement). ONNX Runtime opens the file when the session
+        # is created and writes it at end_profiling, or when the session is destroyed: a directory of the engine's
+        # own, removed once read or when the engine goes, leaves nothing behind either way.
+        profile_dir = tempfile.mkdtemp(prefix="nfnet-stream-profile-")
+        self._remove_profile = weakref.finalize(self, shutil.rmtree, profile_dir, ignore_errors=True)
+        session_options.enable_profiling = True
+        session_options.profile_file_prefix = os.path.join(profile_dir, "placement")
+        first, first_options = providers[0]
+        if first == MIGRAPHX:
+            block_while_waiting(config.migraphx.hip_library, int(first_options.get("device_id", "0")))
         self._session = create_session(ort, model_path, session_options, providers,
-                                       plugin=providers[0][0] in options.plugin_libraries)
+                                       plugin=first in options.plugin_libraries)
 
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1:
@@ -254,6 +322,15 @@ class OnnxRuntimeEngine(Engine):
         self._binding = self._session.io_binding() if use_binding else None
         self._output_device = output_device(self._provider, provider_options)
 
+    def _place(self) -> None:
+        """After the first run: read where its nodes ran from the profile (then deleted with its directory); refuse
+        a GPU provider that took none."""
+        try:
+            self.placement = read_placement(Path(self._session.end_profiling()), self._session.get_providers())
+        finally:
+            self._remove_profile()
+        check_placement(self.placement)
+
     @property
     def input_chw(self) -> tuple[int, int, int]:
         return self._info.input_size
@@ -272,13 +349,17 @@ class OnnxRuntimeEngine(Engine):
             self._binding.bind_output(self._output_name, *self._output_device)
             self._session.run_with_iobinding(self._binding)
             (logits,) = self._binding.copy_outputs_to_cpu()
+        if self.placement is None:
+            self._place()
         return np.asarray(logits[:count], dtype=np.float32)
 
     def result(self, handle: np.ndarray) -> np.ndarray:
         return handle
 
     def close(self) -> None:
-        """Drop the session (weights, arena) now rather than whenever the engine object is collected."""
+        """Drop the session (weights, arena) now rather than whenever the engine object is collected, and the
+        profile's directory if no run read it."""
+        self._remove_profile()
         self._binding = None
         self._session = None  # type: ignore[assignment]
 

@@ -196,6 +196,10 @@ class PipelineMetrics:
             f"{PREFIX}_engine_program_cache_bytes", "Bytes the MIGraphX compiled-program cache's entries take after "
             "start-up's lookup, once the least recently used beyond engine.migraphx.cache_max_bytes are evicted "
             "(0 under ONNX Runtime).", registry=r)
+        self.engine_nodes = Gauge(
+            f"{PREFIX}_engine_nodes", "Nodes of the model's graph each ONNX Runtime provider ran, as ONNX Runtime's "
+            "profile of the first run reports them (a GPU provider that fuses the nodes it takes counts each fused "
+            "group as one; none under MIGraphX).", ["provider"], registry=r)
         self.device_memory = Gauge(
             f"{PREFIX}_device_memory_bytes", "The GPU's memory (MIGraphX engine only), read at each scrape: total, "
             "used by every process on it, and ours (the compiled program as loaded, and the engine's buffers). A "

@@ -357,6 +357,7 @@ class SimulatedDevice:
         self.pageable_copies = 0
         self.event_waits: list[EventWait] = []  # every hipEventSynchronize of a recorded event, in order
         self.violations: list[str] = []  # ★ uses after free the double refused (an event destroyed under a waiter)
+        self.device_flags: dict[int, int] = {}  # hipSetDeviceFlags, by device
         self.settings = DeviceSettings.from_environment()
 
     @property
@@ -403,6 +404,7 @@ class SimulatedDevice:
             self.pageable_copies = 0
             self.event_waits.clear()
             self.violations.clear()
+            self.device_flags.clear()
             self.settings = new_settings
             self._threads = threading.local()
         new_settings.export()

@@ -75,6 +75,8 @@ _STREAM_FLAGS = 0 | HIP_STREAM_NON_BLOCKING
 # Interprocess 0x4 (which requires DisableTiming), DisableSystemFence 0x20000000, and the release
 # scopes 0x40000000 / 0x80000000.
 _EVENT_FLAGS = 0x1 | HIP_EVENT_DISABLE_TIMING | _EVENT_INTERPROCESS | 0x20000000 | 0x40000000 | 0x80000000
+_DEVICE_SCHEDULE_MASK = 0x7  # hipDeviceScheduleMask
+_DEVICE_FLAGS = _DEVICE_SCHEDULE_MASK | 0x8 | 0x10  # | hipDeviceMapHost | hipDeviceLmemResizeToMax
 # hipHostMalloc flags (hip_runtime_api.h): Portable 0x1, Mapped 0x2, WriteCombined 0x4, NumaUser
 # 0x20000000, Coherent 0x40000000, NonCoherent 0x80000000, Uncached 0x10000000.
 _HOST_MALLOC_FLAGS = 0x1 | 0x2 | 0x4 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80000000
@@ -253,6 +255,16 @@ class _HipRuntime:
         if not 0 <= device_id < self.device.device_count:
             return HipError.hipErrorInvalidDevice  # "invalid device ordinal"
         self.device.set_current(device_id)
+        return HipError.hipSuccess
+
+    # hipSetDeviceFlags (hip_runtime_api.h): the current device's hipDeviceSchedule* mode (Auto 0, Spin 1, Yield 2,
+    # BlockingSync 4: one of them), hipDeviceMapHost 8, hipDeviceLmemResizeToMax 16; other bits, or two scheduling
+    # modes, are hipErrorInvalidValue. Recorded in DEVICE.device_flags.
+    def hipSetDeviceFlags(self, flags: int) -> int:
+        schedule = flags & _DEVICE_SCHEDULE_MASK
+        if flags & ~_DEVICE_FLAGS or schedule not in (0, 1, 2, 4):
+            return HipError.hipErrorInvalidValue
+        self.device.device_flags[self.device.current()] = flags
         return HipError.hipSuccess
 
     # hipGetDevicePropertiesR0600 (what hipGetDeviceProperties is since ROCm 6.0): the whole structure
@@ -485,6 +497,7 @@ P = _Param
 _SIGNATURES: dict[str, tuple[_Param, ...]] = {
     "hipGetDeviceCount": (P.OUT_INT,),
     "hipSetDevice": (P.INT,),
+    "hipSetDeviceFlags": (P.INT,),
     "hipGetErrorString": (P.INT,),
     "hipMalloc": (P.OUT_POINTER, P.SIZE_T),
     "hipMemGetInfo": (P.OUT_SIZE_T, P.OUT_SIZE_T),

@@ -28,16 +28,30 @@ records every batch run (``runs``: input shapes, each of which the real provider
 output binding (``output_devices``: ``(device_type, device_id)``; the output is bound to the host, as the CPU
 build has no GPU allocator).
 
+Which nodes the provider takes: those whose op type is in ``supported_ops`` (an argument, else the
+``ORT_MIGRAPHX_DOUBLE_SUPPORTED_OPS`` environment variable, comma-separated, for a daemon in a subprocess; neither:
+every op). The others go to ``CPUExecutionProvider``, as ONNX Runtime's partitioning gives it whatever the
+provider's ``GetCapability`` does not claim, and the session is still created, with no word. Where they ran shows
+where the real build shows it, in the profile (``SessionOptions.enable_profiling``): ``end_profiling()`` returns
+ONNX Runtime's own JSON file (written by the real CPU session), rewritten as the provider's fusion makes it: each
+run of claimed nodes in execution order is one fused node (``MIGraphXExecutionProvider_MGXKernel_graph_...``) run by
+``MIGraphXExecutionProvider``, as ORT fuses each subgraph a compiling provider claims into one node.
+
 ``register_execution_provider_library`` records the library without loading it: it stands for a plugin library
 that loads and offers no device on this machine (as the OpenVINO plugin 1.8.1 does on an AMD CPU).
 
-Not modelled: compiling itself, ``device_id`` range checks (``hipGetDeviceCount``), option values, plugin
-libraries that offer devices.
+Not modelled: the exact partitioning and fused names (the real provider's subgraphs follow the graph's
+connections, with a hash in their names; here runs in execution order) and the graph it sees (here the CPU
+session's optimised graph, NCHWc reorders included); compiling itself, ``device_id`` range checks
+(``hipGetDeviceCount``), option values, plugin libraries that offer devices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -66,8 +80,65 @@ def _name(provider: str | tuple[str, dict[str, str]]) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
 
 
-def onnxruntime_migraphx(version: str = real.__version__) -> ModuleType:
-    """A fresh double (empty records) of the ``onnxruntime-migraphx`` build of ONNX Runtime ``version``."""
+SUPPORTED_OPS_VARIABLE = "ORT_MIGRAPHX_DOUBLE_SUPPORTED_OPS"
+
+
+def supported_from_environment() -> frozenset[str] | None:
+    """The op types ``ORT_MIGRAPHX_DOUBLE_SUPPORTED_OPS`` names (``""``: none); None (every op) when unset."""
+    names = os.environ.get(SUPPORTED_OPS_VARIABLE)
+    return None if names is None else frozenset(filter(None, (n.strip() for n in names.split(","))))
+
+
+NODE_EVENT_SUFFIXES = ("_kernel_time", "_fence_before", "_fence_after")  # a node's events in a profile
+
+
+def node_of(event: dict[str, Any]) -> tuple[str, str] | None:
+    """(node name, suffix) of a profile event of category "Node"; None for other events."""
+    if event.get("cat") != "Node":
+        return None
+    name = event["name"]
+    return next(((name.removesuffix(s), s) for s in NODE_EVENT_SUFFIXES if name.endswith(s)), None)
+
+
+def fused_groups(kernels: Iterable[tuple[str, str]], supported: frozenset[str] | None) -> dict[str, int]:
+    """Node name → the fused subgraph it is part of, for ``kernels`` (node, op type) in execution order: each run of
+    supported nodes is one subgraph, as the provider's GetCapability partitions the graph in topological order."""
+    groups: dict[str, int] = {}
+    group, previous_claimed = -1, False
+    for node, op_type in kernels:
+        claimed = supported is None or op_type in supported
+        if claimed and not previous_claimed:
+            group += 1
+        if claimed:
+            groups[node] = group
+        previous_claimed = claimed
+    return groups
+
+
+def claim_in_profile(profile: str, supported: frozenset[str] | None) -> None:
+    """Rewrite a CPU session's profile as the MIGraphX build's would read: each run of nodes of a supported op type
+    is one fused node (``MIGraphXExecutionProvider_MGXKernel_graph_main_graph_N_N``, op ``MGXKernel_graph_...``)
+    run by ``MIGraphXExecutionProvider``; the other nodes stay on ``CPUExecutionProvider``."""
+    events = json.loads(Path(profile).read_text())
+    kernels = dict.fromkeys((event["name"].removesuffix("_kernel_time"), event["args"]["op_name"])
+                            for event in events if "provider" in event.get("args", {}) and node_of(event))
+    groups = fused_groups(kernels, supported)
+    for event in events:
+        node = node_of(event)
+        if node is None or node[0] not in groups:
+            continue
+        group, args = groups[node[0]], event["args"]
+        args["op_name"] = f"MGXKernel_graph_main_graph_{group}"
+        event["name"] = f"{MIGRAPHX}_{args['op_name']}_{group}{node[1]}"
+        if "provider" in args:
+            args["provider"] = MIGRAPHX
+    Path(profile).write_text(json.dumps(events))
+
+
+def onnxruntime_migraphx(version: str = real.__version__, supported_ops: Iterable[str] | None = None) -> ModuleType:
+    """A fresh double (empty records) of the ``onnxruntime-migraphx`` build of ONNX Runtime ``version``, whose
+    provider takes the nodes of ``supported_ops`` (None: ``ORT_MIGRAPHX_DOUBLE_SUPPORTED_OPS``, else every op)."""
+    supported = frozenset(supported_ops) if supported_ops is not None else supported_from_environment()
     since_1_23 = tuple(map(int, version.split(".")[:2])) >= (1, 23)
     module = ModuleType("onnxruntime", __doc__)
     runs: list[tuple[int, ...]] = []
@@ -110,6 +181,12 @@ def onnxruntime_migraphx(version: str = real.__version__) -> ModuleType:
             others = [p for p in providers if _name(p) != MIGRAPHX]
             super()._create_inference_session(others, None, disabled_optimizers)
             self._providers = [MIGRAPHX, *self._providers]
+
+        def end_profiling(self) -> str:
+            profile = super().end_profiling()
+            if profile and MIGRAPHX in self._providers:
+                claim_in_profile(profile, supported)
+            return profile
 
         def run(self, output_names: Any, input_feed: dict[str, np.ndarray], run_options: Any = None) -> Any:
             runs.extend(np.shape(value) for value in input_feed.values())
