@@ -134,20 +134,27 @@ def test_gstreamer_source_without_gstreamer_support_says_so(tmp_path: Path, colo
     assert_clean_error(run_daemon(config), EXIT_STARTUP, "no GStreamer support")
 
 
-@pytest.mark.parametrize("version", [ort.__version__, "1.22.1"])  # raises / falls back to CPU with a print
-def test_an_onnx_runtime_provider_that_does_not_start_stops_the_daemon_with_its_reason(
-        tmp_path: Path, colour_model_path: Path, video: Path, version: str) -> None:
+def run_on_migraphx_ep(tmp_path: Path, model: Path, video: Path, version: str, provider_options: str = "",
+                       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The daemon on the onnxruntime-migraphx double of ONNX Runtime ``version``, MIGraphX EP first."""
     config = tmp_path / "c.toml"
-    config.write_text(config_text(colour_model_path, video, """
+    config.write_text(config_text(model, video, f"""
 [engine]
 type = "onnxruntime"
 [engine.onnxruntime]
 providers = ["MIGraphXExecutionProvider", "CPUExecutionProvider"]
+{provider_options}"""))
+    return subprocess.run(daemon_on_onnxruntime_migraphx(version, "--config", str(config)), cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("version", [ort.__version__, "1.22.1"])  # raises / falls back to CPU with a print
+def test_an_onnx_runtime_provider_that_does_not_start_stops_the_daemon_with_its_reason(
+        tmp_path: Path, colour_model_path: Path, video: Path, version: str) -> None:
+    result = run_on_migraphx_ep(tmp_path, colour_model_path, video, version, """
 [engine.onnxruntime.provider_options.MIGraphXExecutionProvider]
 migraphx_fp16_enabled = "True"
-"""))
-    result = subprocess.run(daemon_on_onnxruntime_migraphx(version, "--config", str(config)), cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+""")
     assert_clean_error(result, EXIT_STARTUP, "MIGraphXExecutionProvider", "migraphx_fp16_enabled")
     assert "Falling back" not in result.stdout
 
@@ -155,16 +162,8 @@ migraphx_fp16_enabled = "True"
 def test_an_onnx_runtime_gpu_provider_that_takes_no_node_stops_the_daemon(tmp_path: Path, colour_model_path: Path,
                                                                          video: Path) -> None:
     """It would start, and run every node on the CPU under the GPU provider's name."""
-    config = tmp_path / "c.toml"
-    config.write_text(config_text(colour_model_path, video, """
-[engine]
-type = "onnxruntime"
-[engine.onnxruntime]
-providers = ["MIGraphXExecutionProvider", "CPUExecutionProvider"]
-"""))
-    result = subprocess.run(daemon_on_onnxruntime_migraphx(ort.__version__, "--config", str(config)), cwd=REPO,
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, SUPPORTED_OPS_VARIABLE: ""})
+    result = run_on_migraphx_ep(tmp_path, colour_model_path, video, ort.__version__,
+                                env={SUPPORTED_OPS_VARIABLE: ""})
     assert_clean_error(result, EXIT_STARTUP, "nfnet-daemon: error: ONNX Runtime's MIGraphXExecutionProvider took none "
                        "of the model's 3 nodes: all would run on CPUExecutionProvider (MIGraphXExecutionProvider took "
                        "0 of 3 nodes (3 on CPUExecutionProvider: Flatten x1, GlobalAveragePool x1, MatMul x1))\n")
